@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` (the pipeline on the embedded default) and `make test`.
+# Each creates .venv from requirements.lock on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+SHARED_MIRROR := $(wildcard $(CURDIR)/../shared/data/fashion-mnist)
+# Use the workplace's copy of the data when there is one; otherwise the mirror chain decides.
+export FASHION_MNIST_MIRROR ?= $(SHARED_MIRROR)
+
+.PHONY: run test lint install clean
+
+$(STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required (found %s); set PYTHON=python3.11" % sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	scripts/run-local.sh
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) outputs

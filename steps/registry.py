@@ -1,0 +1,186 @@
+"""The model registry in a store.
+
+```
+models/<name>/versions/<version>/1/saved_model.pb ...   the SavedModel (TF Serving layout)
+models/<name>/versions/<version>/model-card.json
+models/<name>/versions/<version>/MANIFEST.json          written last: the version is complete
+models/<name>/versions/<version>/evaluations/<id>.json  records added later, each written once
+models/<name>/versions/<version>/decisions/<id>.json
+models/<name>/aliases/<alias>.json                      pointer, one atomic write per change
+models/<name>/aliases/history/<id>.json                 append-only log of alias changes
+```
+A KServe `storageUri` is the version root; nothing here is ever overwritten or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from steps import __version__
+from steps.errors import UserError
+from steps.storage import FileStore, NotFound, Store
+
+MODEL_NAME = "fashion-mnist"
+ALIAS_RE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+_MANIFEST = "MANIFEST.json"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _stamp() -> str:
+    """A sortable, unique id: UTC time plus randomness (two writers never collide)."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def code_version() -> str:
+    """The version of this code: the image's build label, or the package version plus git commit."""
+    if pinned := os.environ.get("FASHION_PIPELINE_CODE_VERSION"):
+        return pinned
+    source = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+@dataclass(frozen=True)
+class Registry:
+    store: Store
+    name: str = MODEL_NAME
+
+    @property
+    def _root(self) -> str:
+        return f"models/{self.name}"
+
+    def _version_prefix(self, version: str) -> str:
+        return f"{self._root}/versions/{version}"
+
+    def publish(self, saved_model_dir: Path, card: dict[str, Any]) -> str:
+        """Add a new version from a local SavedModel directory; returns its id."""
+        if not (saved_model_dir / "saved_model.pb").is_file():
+            raise UserError(f"{saved_model_dir} is not a SavedModel directory (no saved_model.pb)")
+        version = _stamp()
+        prefix = self._version_prefix(version)
+        self.store.upload_dir(saved_model_dir, f"{prefix}/1")
+        card = {**card, "name": self.name, "version": version, "created": utc_now()}
+        self.store.write_json(f"{prefix}/model-card.json", card)
+        files = {
+            f"1/{path.relative_to(saved_model_dir).as_posix()}": _sha256_file(path)
+            for path in sorted(saved_model_dir.rglob("*"))
+            if path.is_file()
+        }
+        self.store.write_json(
+            f"{prefix}/{_MANIFEST}", {"name": self.name, "version": version, "files": files, "created": card["created"]}
+        )
+        return version
+
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first."""
+        prefix = f"{self._root}/versions/"
+        return sorted(
+            key[len(prefix) :].split("/")[0]
+            for key in self.store.list(f"{self._root}/versions")
+            if key.endswith(f"/{_MANIFEST}") and key.count("/") == prefix.count("/") + 1
+        )
+
+    def require(self, version: str) -> str:
+        if not self.store.exists(f"{self._version_prefix(version)}/{_MANIFEST}"):
+            known = ", ".join(self.versions()[-5:]) or "none yet"
+            raise UserError(f"model version {version!r} not found in {self.store.uri} (latest: {known})")
+        return version
+
+    def resolve(self, ref: str) -> str:
+        """A version id from a version id, an alias name, or `latest`."""
+        if ref == "latest":
+            versions = self.versions()
+            if not versions:
+                raise UserError(f"the registry at {self.store.uri} has no model versions yet: run train first")
+            return versions[-1]
+        if self.store.exists(f"{self._root}/aliases/{ref}.json"):
+            return self.alias(ref)["version"]  # type: ignore[index]
+        return self.require(ref)
+
+    def version_uri(self, version: str) -> str:
+        """The version root: what KServe's `storageUri` points at."""
+        return self.store.uri_of(self._version_prefix(version))
+
+    def card(self, version: str) -> dict[str, Any]:
+        self.require(version)
+        return self.store.read_json(f"{self._version_prefix(version)}/model-card.json")
+
+    def local_model_dir(self, version: str, scratch: Path | None = None) -> Path:
+        """A local directory holding the version's SavedModel (downloaded if the store is remote)."""
+        self.require(version)
+        key = f"{self._version_prefix(version)}/1"
+        if isinstance(self.store, FileStore):
+            return self.store.root / key
+        target = Path(scratch or tempfile.mkdtemp(prefix=f"model-{version}-"))
+        return self.store.download_dir(key, target)
+
+    def add_record(self, version: str, kind: str, record: dict[str, Any]) -> str:
+        """Attach a write-once record (evaluation, decision, ...) to a version; returns its key."""
+        self.require(version)
+        key = f"{self._version_prefix(version)}/{kind}/{_stamp()}.json"
+        self.store.write_json(key, {**record, "recorded": utc_now()})
+        return key
+
+    def records(self, version: str, kind: str) -> list[dict[str, Any]]:
+        prefix = f"{self._version_prefix(version)}/{kind}"
+        return [self.store.read_json(key) for key in self.store.list(prefix) if key.endswith(".json")]
+
+    def alias(self, alias: str) -> dict[str, Any] | None:
+        try:
+            return self.store.read_json(f"{self._root}/aliases/{alias}.json")
+        except NotFound:
+            return None
+
+    def set_alias(self, alias: str, version: str, reason: str, actor: str) -> dict[str, Any]:
+        """Point `alias` at `version` in one atomic write, after logging the change append-only."""
+        if not alias or not set(alias) <= ALIAS_RE_CHARS:
+            raise UserError(f"alias {alias!r} must be lowercase letters, digits and dashes")
+        if not reason.strip():
+            raise UserError("changing an alias needs a reason (it is kept in the alias history)")
+        self.require(version)
+        current = self.alias(alias)
+        entry = {
+            "alias": alias,
+            "version": version,
+            "previous": current["version"] if current else None,
+            "reason": reason,
+            "actor": actor,
+            "updated": utc_now(),
+            "storage_uri": self.version_uri(version),
+        }
+        history_key = f"{self._root}/aliases/history/{_stamp()}-{alias}.json"
+        self.store.write_json(history_key, entry)
+        pointer = {**entry, "history": history_key}
+        self.store.replace_json(f"{self._root}/aliases/{alias}.json", pointer)
+        return pointer
+
+    def history(self, alias: str | None = None) -> list[dict[str, Any]]:
+        """Alias changes, oldest first."""
+        keys = self.store.list(f"{self._root}/aliases/history")
+        entries = [self.store.read_json(key) for key in keys if key.endswith(".json")]
+        return [e for e in entries if alias is None or e["alias"] == alias]
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

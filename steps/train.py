@@ -1,0 +1,198 @@
+"""train: fit the CNN on a stored dataset, export it, and publish it as a new registry version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steps.dataset import load_dataset
+from steps.errors import UserError
+from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, export_saved_model
+from steps.registry import Registry
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("float32", "mixed_bfloat16")
+VALIDATION_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 0.003
+    seed: int = 42
+    architecture: str = DEFAULT_ARCHITECTURE
+    train_limit: int = 0  # 0 = the whole train split
+    precision: str = "mixed_bfloat16"
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be at least 1 (got {self.epochs})")
+        if not 1 <= self.batch_size <= 4096:
+            raise UserError(f"batch_size must be between 1 and 4096 (got {self.batch_size})")
+        if not 0 < self.learning_rate <= 1:
+            raise UserError(f"learning_rate must be in (0, 1] (got {self.learning_rate})")
+        if self.train_limit < 0:
+            raise UserError(f"train_limit must be 0 (all) or a positive count (got {self.train_limit})")
+        if self.architecture not in ARCHITECTURES:
+            raise UserError(f"unknown architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: str
+    version_uri: str
+    history: dict[str, list[float]]
+    train_seconds: float
+    train_examples: int
+
+
+def train(
+    dataset_uri: str, registry: Registry, params: TrainParams, out_dir: Path, code_version: str
+) -> TrainResult:
+    """Train, export and publish; writes history.json and training-curve.png into `out_dir`."""
+    params.check()
+    dataset = load_dataset(dataset_uri)
+    x, y = _subset(dataset.x_train, dataset.y_train, params.train_limit, params.seed)
+    n_val = max(1, int(len(x) * VALIDATION_FRACTION)) if len(x) >= 20 else 0
+    x_val, y_val, x_fit, y_fit = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
+    log.info(
+        "training %s on %d images (%d held out for validation), %d epochs, batch %d, lr %g, %s",
+        params.architecture, len(x_fit), n_val, params.epochs, params.batch_size,
+        params.learning_rate, params.precision,
+    )  # fmt: skip
+
+    started = time.perf_counter()
+    model, history = _fit(x_fit, y_fit, x_val, y_val, params)
+    train_seconds = time.perf_counter() - started
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    plot_history(history, out_dir / "training-curve.png")
+    with tempfile.TemporaryDirectory(prefix="saved-model-") as scratch:
+        export_dir = export_saved_model(model, params.architecture, Path(scratch) / "1")
+        card = {
+            "params": asdict(params),
+            "dataset": {"uri": dataset_uri, "digest": dataset.digest, "train_examples": len(x_fit)},
+            "training": {
+                "seconds": round(train_seconds, 2),
+                "final": {k: v[-1] for k, v in history.items() if v},
+            },
+            "code_version": code_version,
+            "signature": {
+                "inputs": {"image": "float32 [N,28,28] raw pixels 0..255"},
+                "outputs": {"probabilities": "float32 [N,10]", "class_id": "int64 [N]"},
+            },
+        }
+        version = registry.publish(export_dir, card)
+    log.info("published model version %s (%.1f s of training)", version, train_seconds)
+    return TrainResult(
+        version=version,
+        version_uri=registry.version_uri(version),
+        history=history,
+        train_seconds=train_seconds,
+        train_examples=len(x_fit),
+    )
+
+
+def _subset(x: np.ndarray, y: np.ndarray, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class-stratified-in-expectation random subset (all of it when `limit` is 0), shuffled."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    if limit:
+        order = order[:limit]
+    return x[order], y[order]
+
+
+def _fit(
+    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, params: TrainParams
+) -> tuple[Any, dict[str, list[float]]]:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(params.seed)
+    policy = params.precision if params.precision != "float32" else "float32"
+    model = build_model(params.architecture, policy)
+    steps_per_epoch = max(1, len(x) // params.batch_size)
+    total = steps_per_epoch * params.epochs
+    warmup = max(1, total // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        params.learning_rate / 10, total - warmup, alpha=0.01,
+        warmup_target=params.learning_rate, warmup_steps=warmup,
+    )  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    images, labels = tf.constant(x), tf.constant(y.astype("int32"))
+
+    def gather(idx: Any) -> tuple[Any, Any]:
+        return tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx)
+
+    # Shuffle indices, not images: cheap per epoch, and the batches are gathered in one op.
+    train_ds = (
+        tf.data.Dataset.range(len(x))
+        .shuffle(len(x), seed=params.seed, reshuffle_each_iteration=True)
+        .batch(params.batch_size, drop_remainder=len(x) >= params.batch_size)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    clock = _EpochClock(params.epochs)
+    validation = (x_val.astype("float32"), y_val) if len(x_val) else None
+    fitted = model.fit(
+        train_ds,
+        epochs=params.epochs,
+        validation_data=validation,
+        verbose=0,
+        shuffle=False,  # the dataset reshuffles its indices every epoch
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=clock.start, on_epoch_end=clock.log)],
+    )
+    history = {k: [round(float(v), 5) for v in vs] for k, vs in fitted.history.items()}
+    return model, history
+
+
+class _EpochClock:
+    """One log line per epoch with the metrics Keras computed and the epoch's wall time."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self._started = 0.0
+
+    def start(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def log(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
+        log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, metrics, time.perf_counter() - self._started)
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> Path:
+    """Loss and accuracy per epoch, training and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            if history.get(key):
+                epochs = range(1, len(history[key]) + 1)
+                ax.plot(epochs, history[key], style, label=key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,171 @@
+"""Fixtures: synthetic IDX drops, a real HTTP mirror, a real S3 server (moto) reached through MinIO."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
+FILE_NAMES = {
+    "train-images": "train-images-idx3-ubyte.gz",
+    "train-labels": "train-labels-idx1-ubyte.gz",
+    "test-images": "t10k-images-idx3-ubyte.gz",
+    "test-labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    n, rows, cols = images.shape
+    header = (0x803).to_bytes(4, "big") + n.to_bytes(4, "big") + rows.to_bytes(4, "big") + cols.to_bytes(4, "big")
+    return header + images.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return (0x801).to_bytes(4, "big") + len(labels).to_bytes(4, "big") + labels.astype(np.uint8).tobytes()
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable images: each class lights up its own horizontal band, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, (n, 28, 28))
+    for i, label in enumerate(labels):
+        images[i, 2 + label * 2 : 4 + label * 2, 4:24] = 230
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_drop(directory: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
+    """A valid custom Fashion-MNIST-shaped drop: four gzipped IDX files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = synthetic_split(n_train, seed)
+    x_test, y_test = synthetic_split(n_test, seed + 1)
+    payloads = {
+        "train-images": idx_images(x_train),
+        "train-labels": idx_labels(y_train),
+        "test-images": idx_images(x_test),
+        "test-labels": idx_labels(y_test),
+    }
+    for role, name in FILE_NAMES.items():
+        (directory / name).write_bytes(gzip.compress(payloads[role], mtime=0))
+    return directory
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    return write_drop(tmp_path / "drop")
+
+
+@pytest.fixture(scope="session")
+def real_mirror() -> Path:
+    configured = os.environ.get("FASHION_MNIST_MIRROR")
+    path = Path(configured) if configured else SHARED_DATA
+    if not (path / FILE_NAMES["train-images"]).is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real Fashion-MNIST not found at {path}: set FASHION_MNIST_MIRROR")
+        pytest.skip(f"real Fashion-MNIST not found at {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 serving a directory; yields (base URL, directory)."""
+    root = tmp_path / "http-root"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str = "testing-access"
+    secret_key: str = "testing-secret"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "S3_ENDPOINT": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+    def make_bucket(self, name: str) -> None:
+        from minio import Minio
+
+        client = Minio(self.endpoint.removeprefix("http://"), self.access_key, self.secret_key, secure=False)
+        if not client.bucket_exists(name):
+            client.make_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-speaking server process (moto) on 127.0.0.1, stopped at the end of the session."""
+    port = free_port()
+    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    proc = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    try:
+        yield S3Server(endpoint=f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
+def bucket(s3_env: S3Server, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test on the moto server."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    s3_env.make_bucket(name)
+    return name

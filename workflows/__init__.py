@@ -1,0 +1,1 @@
+"""Orchestration: Argo manifests from Hera, the local engine, and the CLI."""

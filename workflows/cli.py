@@ -1,0 +1,337 @@
+"""`fashion-pipeline`: one sub-command per pipeline step, run exactly as a workflow container runs it.
+
+Each step writes its Argo output parameters as files into `--out` (one value per file) next to
+its reports, logs progress on stderr, and prints a summary on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from steps.errors import UserError
+
+app = typer.Typer(
+    name="fashion-pipeline",
+    help="Fetch Fashion-MNIST, train, evaluate, gate and register models; run the pipeline locally.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="The model registry: versions, model cards and aliases.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+DEFAULT_STORE = "store"
+log = logging.getLogger("fashion_pipeline")
+
+
+class _State:
+    store_uri: str = DEFAULT_STORE
+
+
+STATE = _State()
+
+
+@app.callback()
+def _global(
+    store: Annotated[
+        str,
+        typer.Option(
+            envvar="FASHION_PIPELINE_STORE",
+            help="Where datasets and models live: a path, file:///path or s3://bucket/prefix.",
+        ),
+    ] = DEFAULT_STORE,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+) -> None:
+    STATE.store_uri = store
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("urllib3", "matplotlib", "absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # TensorFlow's C++ banner lines are noise to a user; keep warnings and errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _store() -> Any:
+    from steps.storage import open_store
+
+    return open_store(STATE.store_uri)
+
+
+def _registry() -> Any:
+    from steps.registry import Registry
+
+    return Registry(_store())
+
+
+def _write_outputs(out: Path, values: dict[str, Any]) -> None:
+    """One file per output parameter, as Argo's `valueFrom.path` reads them."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, value in values.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        (out / name).write_text(text)
+
+
+def _summary(values: dict[str, Any]) -> None:
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+OutOption = Annotated[Path, typer.Option(help="Directory for output parameters and reports.")]
+
+
+@app.command()
+def fetch(
+    data_url: Annotated[
+        str, typer.Option(help="A custom drop or mirror tried first: http(s)://, file://, s3:// or a path.")
+    ] = "",
+    out: OutOption = Path("outputs/fetch"),
+) -> None:
+    """Fetch Fashion-MNIST from the first valid mirror into the store (once per digest)."""
+    from steps.dataset import fetch_dataset, mirror_chain
+
+    mirrors = mirror_chain(data_url or None, os.environ.get("FASHION_MNIST_MIRROR"))
+    result = fetch_dataset(_store(), mirrors)
+    values = {
+        "dataset_uri": result.uri,
+        "dataset_digest": result.digest,
+        "cache_hit": "true" if result.cache_hit else "false",
+        "canonical": "true" if result.canonical else "false",
+        "source": result.source,
+    }
+    _write_outputs(out, values)
+    _summary({**values, "counts": f"{result.counts['train']} train, {result.counts['test']} test"})
+
+
+def _default_dataset(dataset: str) -> str:
+    if dataset:
+        return dataset
+    from steps.dataset import canonical_dataset_uri
+
+    uri = canonical_dataset_uri(_store())
+    if uri is None:
+        raise UserError(f"no dataset in {STATE.store_uri}: run `fashion-pipeline fetch` first or pass --dataset")
+    return uri
+
+
+DatasetOption = Annotated[
+    str, typer.Option(help="Dataset URI written by fetch (default: the canonical dataset in the store).")
+]
+
+
+@app.command()
+def train(
+    dataset: DatasetOption = "",
+    epochs: Annotated[int | None, typer.Option(help="Passes over the train split (default 8).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step (default 128).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.003).")] = None,
+    seed: int = 42,
+    architecture: Annotated[str | None, typer.Option(help="fast-cnn, wide-cnn or small-cnn.")] = None,
+    train_limit: Annotated[int, typer.Option(help="Train on this many images (0 = all).")] = 0,
+    precision: Annotated[str | None, typer.Option(help="mixed_bfloat16 or float32.")] = None,
+    out: OutOption = Path("outputs/train"),
+) -> None:
+    """Train the CNN, export a SavedModel and publish it as a new registry version."""
+    from steps.registry import code_version
+    from steps.train import TrainParams
+    from steps.train import train as run_train
+
+    defaults = TrainParams()
+    params = TrainParams(
+        epochs=defaults.epochs if epochs is None else epochs,
+        batch_size=defaults.batch_size if batch_size is None else batch_size,
+        learning_rate=defaults.learning_rate if learning_rate is None else learning_rate,
+        seed=seed,
+        architecture=architecture or defaults.architecture,
+        train_limit=train_limit,
+        precision=precision or defaults.precision,
+    )
+    params.check()
+    result = run_train(_default_dataset(dataset), _registry(), params, out, code_version())
+    values = {"model_version": result.version, "model_uri": result.version_uri}
+    _write_outputs(out, values)
+    final = {k: v[-1] for k, v in result.history.items() if v}
+    _summary({**values, "train_seconds": f"{result.train_seconds:.1f}", **{k: f"{v:.4f}" for k, v in final.items()}})
+
+
+@app.command()
+def evaluate(
+    dataset: DatasetOption = "",
+    model: Annotated[str, typer.Option(help="Candidate: a version id, an alias, or 'latest'.")] = "latest",
+    champion: Annotated[
+        str, typer.Option(help="Champion: a version id or alias; 'none' to skip (default: production).")
+    ] = "production",
+    out: OutOption = Path("outputs/evaluate"),
+) -> None:
+    """Evaluate the candidate and the champion on the test split; compare them with McNemar's test."""
+    from steps.evaluate import evaluate as run_evaluate
+
+    registry = _registry()
+    candidate = registry.resolve(model)
+    champion_version = None
+    if champion != "none":
+        if champion == "production" and registry.alias("production") is None:
+            champion_version = None
+        else:
+            champion_version = registry.resolve(champion)
+    metrics = run_evaluate(_default_dataset(dataset), registry, candidate, champion_version, out)
+    values = {
+        "accuracy": str(metrics["candidate"]["accuracy"]),
+        "champion_version": champion_version or "",
+        "champion_accuracy": str(metrics["champion"]["accuracy"]) if metrics["champion"] else "",
+        "p_value": str(metrics["comparison"]["p_value"]) if metrics["comparison"] else "",
+    }
+    _write_outputs(out, values)
+    _summary({"candidate": candidate, **values, "report": out / "metrics.json"})
+
+
+@app.command()
+def gate(
+    metrics: Annotated[Path, typer.Option(help="metrics.json written by evaluate.")] = Path(
+        "outputs/evaluate/metrics.json"
+    ),
+    min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.90,
+    min_class_recall: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.60,
+    min_delta: Annotated[float, typer.Option(min=-1.0, max=1.0)] = 0.0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
+    allow_equal: Annotated[bool, typer.Option(help="Accept a non-inferior candidate (within --tolerance).")] = False,
+    tolerance: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.005,
+    first_run: Annotated[str, typer.Option(help="With no champion: promote or reject.")] = "promote",
+    force: Annotated[bool, typer.Option(help="Promote whatever the checks say (needs --force-reason).")] = False,
+    force_reason: str = "",
+    out: OutOption = Path("outputs/gate"),
+) -> None:
+    """Apply the promotion policy to evaluate's metrics and write the decision record."""
+    from steps.gate import Policy, decide
+    from steps.report import model_card_markdown
+
+    try:
+        metrics_data = json.loads(metrics.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"metrics file {metrics} not found: run `fashion-pipeline evaluate` first") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"metrics file {metrics} is not valid JSON ({exc})") from exc
+    policy = Policy(
+        min_accuracy=min_accuracy,
+        min_class_recall=min_class_recall,
+        min_delta=min_delta,
+        alpha=alpha,
+        allow_equal=allow_equal,
+        tolerance=tolerance,
+        first_run=first_run,
+        force=force,
+        force_reason=force_reason,
+    )
+    record = decide(metrics_data, policy)
+    registry = _registry()
+    if record["candidate"]:
+        registry.add_record(record["candidate"], "decisions", record)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decision.json").write_text(json.dumps(record, indent=2) + "\n")
+    card = registry.card(record["candidate"]) if record["candidate"] else {}
+    (out / "model-card.md").write_text(model_card_markdown(card, metrics_data, record))
+    _write_outputs(out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
+    _summary({"decision": record["decision"], "reasons": "; ".join(record["reasons"]), "record": out / "decision.json"})
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered versions with their accuracy and aliases."""
+    registry = _registry()
+    aliases = _aliases_by_version(registry)
+    versions = registry.versions()
+    if not versions:
+        typer.echo(f"no model versions in {registry.store.uri}")
+        return
+    typer.echo(f"{'version':<24} {'accuracy':>8}  {'architecture':<12} {'aliases'}")
+    for version in versions:
+        card = registry.card(version)
+        evaluations = registry.records(version, "evaluations")
+        accuracy = f"{evaluations[-1]['candidate']['accuracy']:.4f}" if evaluations else "-"
+        arch = card.get("params", {}).get("architecture", "?")
+        typer.echo(f"{version:<24} {accuracy:>8}  {arch:<12} {', '.join(aliases.get(version, []))}")
+
+
+def _aliases_by_version(registry: Any) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for alias in ("production", "canary"):
+        pointer = registry.alias(alias)
+        if pointer:
+            result.setdefault(pointer["version"], []).append(alias)
+    return result
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="A version id, an alias, or 'latest'.")] = "production") -> None:
+    """The model card of a version, with its evaluations and gate decisions."""
+    registry = _registry()
+    version = registry.resolve(ref)
+    shown = {
+        "card": registry.card(version),
+        "storage_uri": registry.version_uri(version),
+        "evaluations": registry.records(version, "evaluations"),
+        "decisions": registry.records(version, "decisions"),
+    }
+    typer.echo(json.dumps(shown, indent=2))
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="A version id, an alias, or 'latest'.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
+    alias: str = "production",
+) -> None:
+    """Point an alias (default: production) at a version, by hand."""
+    registry = _registry()
+    pointer = registry.set_alias(alias, registry.resolve(ref), reason, actor=f"cli:{_user()}")
+    _summary({"alias": alias, "version": pointer["version"], "previous": pointer["previous"] or "-"})
+
+
+@models_app.command("history")
+def models_history(alias: str = "production") -> None:
+    """Every change of an alias, oldest first."""
+    for entry in _registry().history(alias):
+        typer.echo(f"{entry['updated']}  {entry['version']}  (was {entry['previous'] or '-'})  {entry['actor']}: {entry['reason']}")
+
+
+def _user() -> str:
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and a non-zero exit."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="fashion-pipeline", standalone_mode=False)
+    except typer.Abort:
+        print("fashion-pipeline: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:  # usage errors (typer vendors click's exceptions)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())  # type: ignore[attr-defined]
+        else:
+            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            print(f"fashion-pipeline: {message}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except UserError as exc:
+        print(f"fashion-pipeline: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fashion-pipeline: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
