@@ -52,7 +52,7 @@ def measure_latency(model_dir: Path, images: np.ndarray, repeats: int = 50) -> d
     return {
         "single_p50_ms": round(float(np.percentile(timings, 50)) * 1000, 3),
         "single_p95_ms": round(float(np.percentile(timings, 95)) * 1000, 3),
-        "batch_size": int(len(batch)),
+        "batch_size": len(batch),
         "batch_images_per_s": round(len(batch) / per_batch, 1),
     }
 
@@ -117,7 +117,7 @@ def evaluate(
     log.info("candidate %s: accuracy %.4f on %d test images (%.1f s)",
              candidate, np.mean(cand_pred == y), len(y), time.perf_counter() - started)  # fmt: skip
     metrics: dict[str, Any] = {
-        "dataset": {"uri": dataset_uri, "digest": dataset.digest, "test_examples": int(len(y))},
+        "dataset": {"uri": dataset_uri, "digest": dataset.digest, "test_examples": len(y)},
         "candidate": {"version": candidate, **classification_metrics(y, cand_pred)},
         "latency": measure_latency(candidate_dir, x),
         "champion": None,

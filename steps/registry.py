@@ -38,8 +38,8 @@ def utc_now() -> str:
 
 
 def _stamp() -> str:
-    """A sortable, unique id: UTC time plus randomness (two writers never collide)."""
-    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    """A sortable, unique id: UTC time to the microsecond, plus randomness so two writers never collide."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-{secrets.token_hex(2)}"
 
 
 def code_version() -> str:

@@ -1,0 +1,107 @@
+"""train and evaluate on a real Fashion-MNIST subset: the exported contract and sane accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from steps.dataset import fetch_dataset, load_dataset
+from steps.errors import UserError
+from steps.evaluate import evaluate
+from steps.registry import Registry
+from steps.storage import open_store
+from steps.train import TrainParams, train
+
+QUICK = TrainParams(epochs=2, train_limit=4000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("pipeline")
+    store = open_store(str(root / "store"))
+    dataset = fetch_dataset(store, [(str(real_mirror), False)])
+    registry = Registry(store)
+    result = train(dataset.uri, registry, QUICK, root / "train", code_version="test")
+    return {"root": root, "dataset": dataset, "registry": registry, "result": result}
+
+
+def test_training_on_a_real_subset_reaches_sane_accuracy_on_the_real_test_split(trained: dict[str, Any]) -> None:
+    metrics = evaluate(trained["dataset"].uri, trained["registry"], trained["result"].version, None,
+                       trained["root"] / "evaluate")  # fmt: skip
+    assert metrics["dataset"]["test_examples"] == 10000
+    assert metrics["candidate"]["accuracy"] > 0.75
+    assert metrics["champion"] is None and metrics["comparison"] is None
+    assert set(metrics["candidate"]["per_class"]) >= {"T-shirt/top", "Ankle boot"}
+    assert sum(map(sum, metrics["candidate"]["confusion_matrix"])) == 10000
+    assert metrics["latency"]["single_p50_ms"] > 0
+    out = trained["root"] / "evaluate"
+    assert (out / "confusion-matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "confusion-matrix.json").read_text())["classes"][9] == "Ankle boot"
+    assert trained["registry"].records(trained["result"].version, "evaluations")[0]["candidate"]["accuracy"] == (
+        metrics["candidate"]["accuracy"]
+    )
+
+
+def test_saved_model_has_the_serving_signature_of_the_design(trained: dict[str, Any]) -> None:
+    import tensorflow as tf
+
+    registry: Registry = trained["registry"]
+    model_dir = registry.local_model_dir(trained["result"].version)
+    assert model_dir.name == "1" and (model_dir / "saved_model.pb").is_file()
+    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    (args, kwargs) = serve.structured_input_signature
+    assert not args and list(kwargs) == ["image"]
+    assert kwargs["image"].dtype == tf.float32 and kwargs["image"].shape.as_list() == [None, 28, 28]
+    assert set(serve.structured_outputs) == {"probabilities", "class_id"}
+
+    x_test = load_dataset(trained["dataset"].uri).x_test[:64]
+    out = serve(image=tf.constant(x_test, tf.float32))  # raw 0..255 pixels: the model normalises
+    probabilities, class_id = out["probabilities"].numpy(), out["class_id"].numpy()
+    assert probabilities.dtype == np.float32 and probabilities.shape == (64, 10)
+    assert class_id.dtype == np.int64 and class_id.shape == (64,)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert (class_id == probabilities.argmax(axis=1)).all()
+
+
+def test_training_writes_history_curve_and_model_card(trained: dict[str, Any]) -> None:
+    history = json.loads((trained["root"] / "train" / "history.json").read_text())
+    assert len(history["loss"]) == QUICK.epochs and len(history["val_accuracy"]) == QUICK.epochs
+    assert history["loss"][-1] < history["loss"][0]
+    assert (trained["root"] / "train" / "training-curve.png").read_bytes()[:4] == b"\x89PNG"
+    card = trained["registry"].card(trained["result"].version)
+    assert card["params"]["train_limit"] == 4000 and card["params"]["seed"] == 1
+    assert card["dataset"]["digest"] == trained["dataset"].digest
+    assert card["code_version"] == "test" and card["created"]
+    assert card["training"]["seconds"] > 0
+
+
+def test_champion_is_evaluated_on_the_same_split_with_mcnemar(trained: dict[str, Any]) -> None:
+    registry: Registry = trained["registry"]
+    weaker = train(trained["dataset"].uri, registry, TrainParams(epochs=1, train_limit=500, seed=2),
+                   trained["root"] / "weak", code_version="test")  # fmt: skip
+    metrics = evaluate(trained["dataset"].uri, registry, weaker.version, trained["result"].version,
+                       trained["root"] / "compare")  # fmt: skip
+    comparison = metrics["comparison"]
+    assert metrics["champion"]["version"] == trained["result"].version
+    assert comparison["accuracy_delta"] == pytest.approx(
+        metrics["candidate"]["accuracy"] - metrics["champion"]["accuracy"], abs=1e-4
+    )
+    assert comparison["accuracy_delta"] < 0
+    n_discordant = comparison["candidate_only_correct"] + comparison["champion_only_correct"]
+    assert n_discordant > 0 and 0 <= comparison["p_value"] <= 1
+    delta_from_pairs = (comparison["candidate_only_correct"] - comparison["champion_only_correct"]) / 10000
+    assert delta_from_pairs == pytest.approx(comparison["accuracy_delta"], abs=1e-4)
+
+
+def test_bad_training_parameters_are_user_errors(trained: dict[str, Any]) -> None:
+    for params, message in [
+        (TrainParams(epochs=0), "epochs must be at least 1"),
+        (TrainParams(architecture="resnet-9000"), "unknown architecture 'resnet-9000'"),
+        (TrainParams(precision="fp8"), "unknown precision 'fp8'"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            train(trained["dataset"].uri, trained["registry"], params, trained["root"] / "x", code_version="test")
