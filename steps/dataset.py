@@ -168,7 +168,9 @@ def _read_file(mirror: str, name: str) -> bytes:
             return open_store(mirror).read_bytes(name)
         except UserError as exc:
             raise MirrorError(f"dataset mirror {mirror}: {name}: {exc}") from exc
-    raise MirrorError(f"dataset mirror {mirror}: unsupported scheme {parsed.scheme!r} (use http(s)://, file://, s3:// or a path)")
+    raise MirrorError(
+        f"dataset mirror {mirror}: unsupported scheme {parsed.scheme!r} (use http(s)://, file://, s3:// or a path)"
+    )
 
 
 def _decompress(mirror: str, name: str, data: bytes) -> bytes:

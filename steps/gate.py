@@ -56,11 +56,14 @@ def decide(metrics: dict[str, Any], policy: Policy) -> dict[str, Any]:
         champion = metrics.get("champion")
         comparison = metrics.get("comparison")
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"metrics are missing {exc}: pass the metrics.json written by `fashion-pipeline evaluate`") from exc
+        raise UserError(
+            f"metrics are missing {exc}: pass the metrics.json written by `fashion-pipeline evaluate`"
+        ) from exc
 
+    floor_met = accuracy >= policy.min_accuracy
     checks = [
-        _check("min_accuracy", accuracy >= policy.min_accuracy, accuracy, policy.min_accuracy,
-               f"accuracy {accuracy:.4f} {'≥' if accuracy >= policy.min_accuracy else '<'} floor {policy.min_accuracy:.4f}"),
+        _check("min_accuracy", floor_met, accuracy, policy.min_accuracy,
+               f"accuracy {accuracy:.4f} {'≥' if floor_met else '<'} floor {policy.min_accuracy:.4f}"),
     ]  # fmt: skip
     worst_class = min(recalls, key=recalls.__getitem__)
     worst = recalls[worst_class]

@@ -209,7 +209,8 @@ def test_fetch_from_s3_mirror_into_s3_store(tmp_path: Path, bucket: str, s3_env:
 
 
 def test_missing_s3_mirror_object_names_mirror_and_file(bucket: str, s3_env: S3Server, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=rf"dataset mirror s3://{bucket}/nothing: train-images-idx3-ubyte.gz: not found"):
+    expected = rf"dataset mirror s3://{bucket}/nothing: train-images-idx3-ubyte.gz: not found"
+    with pytest.raises(UserError, match=expected):
         fetch_dataset(store_at(tmp_path), [(f"s3://{bucket}/nothing", True)])
 
 

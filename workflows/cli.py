@@ -273,7 +273,9 @@ def _aliases_by_version(registry: Any) -> dict[str, list[str]]:
 
 
 @models_app.command("show")
-def models_show(ref: Annotated[str, typer.Argument(help="A version id, an alias, or 'latest'.")] = "production") -> None:
+def models_show(
+    ref: Annotated[str, typer.Argument(help="A version id, an alias, or 'latest'.")] = "production",
+) -> None:
     """The model card of a version, with its evaluations and gate decisions."""
     registry = _registry()
     version = registry.resolve(ref)
@@ -302,7 +304,8 @@ def models_promote(
 def models_history(alias: str = "production") -> None:
     """Every change of an alias, oldest first."""
     for entry in _registry().history(alias):
-        typer.echo(f"{entry['updated']}  {entry['version']}  (was {entry['previous'] or '-'})  {entry['actor']}: {entry['reason']}")
+        was = entry["previous"] or "-"
+        typer.echo(f"{entry['updated']}  {entry['version']}  (was {was})  {entry['actor']}: {entry['reason']}")
 
 
 def _user() -> str:
