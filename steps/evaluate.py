@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +99,22 @@ def mcnemar_exact(y_true: np.ndarray, candidate: np.ndarray, champion: np.ndarra
     }
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, Any]
+    record_uri: str  # the write-once copy of the metrics in the registry, which gate reads
+
+
 def evaluate(
     dataset_uri: str,
     registry: Registry,
     candidate: str,
     champion: str | None,
     out_dir: Path,
-) -> dict[str, Any]:
-    """Write metrics.json, confusion-matrix.json and confusion-matrix.png into `out_dir`; returns the metrics.
+) -> Evaluation:
+    """Write metrics.json, confusion-matrix.json and confusion-matrix.png into `out_dir`.
 
-    `champion` is a version id or None (first run); the evaluation is also recorded on the candidate.
+    `champion` is a version id or None (first run); the metrics are also recorded on the candidate.
     """
     dataset = load_dataset(dataset_uri)
     x, y = dataset.x_test, dataset.y_test
@@ -145,8 +152,8 @@ def evaluate(
     )
     plot_confusion_matrix(np.array(metrics["candidate"]["confusion_matrix"]), out_dir / "confusion-matrix.png",
                           title=f"{candidate}: accuracy {metrics['candidate']['accuracy']:.2%}")  # fmt: skip
-    registry.add_record(candidate, "evaluations", metrics)
-    return metrics
+    record_key = registry.add_record(candidate, "evaluations", metrics)
+    return Evaluation(metrics=metrics, record_uri=registry.store.uri_of(record_key))
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from steps.registry import Registry
 
 
 def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any], decision: dict[str, Any]) -> str:
@@ -48,3 +51,39 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any], decision:
         "",
     ]
     return "\n".join(lines)
+
+
+def run_summary(registry: Registry, workflow: str, status: str, failures: str) -> str:
+    """The exit report of a workflow run: what it trained, what the gate said, what is served."""
+    lines = [f"# {workflow}: {status}", ""]
+    failed_nodes = _failed_nodes(failures)
+    if failed_nodes:
+        lines += ["## Failures", "", *[f"- {node}" for node in failed_nodes], ""]
+    trained = [v for v in registry.versions() if registry.card(v).get("workflow") == workflow]
+    if not trained:
+        lines.append("No model version was published by this run.")
+    for version in trained:
+        lines += [f"## Model {version}", ""]
+        evaluations = registry.records(version, "evaluations")
+        if evaluations:
+            lines.append(f"- test accuracy: {evaluations[-1]['candidate']['accuracy']:.4f}")
+        decisions = registry.records(version, "decisions")
+        if decisions:
+            lines.append(f"- gate: **{decisions[-1]['decision']}**: " + "; ".join(decisions[-1]["reasons"]))
+        rollouts = registry.records(version, "rollouts")
+        last = rollouts[-1] if rollouts else None
+        lines.append(f"- rollout: {last['outcome']} on {last['target']}" if last else "- rollout: none")
+        lines.append("")
+    production = registry.alias("production")
+    lines.append(f"Production: {production['version']} (since {production['updated']})" if production
+                 else "Production: no model yet")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _failed_nodes(failures: str) -> list[str]:
+    """Argo's `{{workflow.failures}}` is a JSON list of failed nodes (empty or unset when none)."""
+    try:
+        nodes = json.loads(failures) if failures.strip() else []
+    except json.JSONDecodeError:
+        return [failures]
+    return [f"{n.get('displayName', n.get('name', '?'))}: {n.get('message', '')}".strip() for n in nodes or []]

@@ -57,7 +57,12 @@ class TrainResult:
 
 
 def train(
-    dataset_uri: str, registry: Registry, params: TrainParams, out_dir: Path, code_version: str
+    dataset_uri: str,
+    registry: Registry,
+    params: TrainParams,
+    out_dir: Path,
+    code_version: str,
+    workflow: str | None = None,
 ) -> TrainResult:
     """Train, export and publish; writes history.json and training-curve.png into `out_dir`."""
     params.check()
@@ -88,6 +93,7 @@ def train(
                 "final": {k: v[-1] for k, v in history.items() if v},
             },
             "code_version": code_version,
+            "workflow": workflow,
             "signature": {
                 "inputs": {"image": "float32 [N,28,28] raw pixels 0..255"},
                 "outputs": {"probabilities": "float32 [N,10]", "class_id": "int64 [N]"},

@@ -31,7 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> dict
 
 def test_training_on_a_real_subset_reaches_sane_accuracy_on_the_real_test_split(trained: dict[str, Any]) -> None:
     metrics = evaluate(trained["dataset"].uri, trained["registry"], trained["result"].version, None,
-                       trained["root"] / "evaluate")  # fmt: skip
+                       trained["root"] / "evaluate").metrics  # fmt: skip
     assert metrics["dataset"]["test_examples"] == 10000
     assert metrics["candidate"]["accuracy"] > 0.75
     assert metrics["champion"] is None and metrics["comparison"] is None
@@ -84,7 +84,7 @@ def test_champion_is_evaluated_on_the_same_split_with_mcnemar(trained: dict[str,
     weaker = train(trained["dataset"].uri, registry, TrainParams(epochs=1, train_limit=500, seed=2),
                    trained["root"] / "weak", code_version="test")  # fmt: skip
     metrics = evaluate(trained["dataset"].uri, registry, weaker.version, trained["result"].version,
-                       trained["root"] / "compare")  # fmt: skip
+                       trained["root"] / "compare").metrics  # fmt: skip
     comparison = metrics["comparison"]
     assert metrics["champion"]["version"] == trained["result"].version
     assert comparison["accuracy_delta"] == pytest.approx(

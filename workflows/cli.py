@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,12 @@ models_app = typer.Typer(help="The model registry: versions, model cards and ali
 app.add_typer(models_app, name="models")
 
 DEFAULT_STORE = "store"
+
+
+class YesNo(StrEnum):
+    yes = "true"
+    no = "false"
+
 log = logging.getLogger("fashion_pipeline")
 
 
@@ -158,7 +165,8 @@ def train(
         precision=precision or defaults.precision,
     )
     params.check()
-    result = run_train(_default_dataset(dataset), _registry(), params, out, code_version())
+    workflow = os.environ.get("FASHION_PIPELINE_WORKFLOW") or None
+    result = run_train(_default_dataset(dataset), _registry(), params, out, code_version(), workflow)
     values = {"model_version": result.version, "model_uri": result.version_uri}
     _write_outputs(out, values)
     final = {k: v[-1] for k, v in result.history.items() if v}
@@ -185,8 +193,10 @@ def evaluate(
             champion_version = None
         else:
             champion_version = registry.resolve(champion)
-    metrics = run_evaluate(_default_dataset(dataset), registry, candidate, champion_version, out)
+    evaluation = run_evaluate(_default_dataset(dataset), registry, candidate, champion_version, out)
+    metrics = evaluation.metrics
     values = {
+        "metrics_uri": evaluation.record_uri,
         "accuracy": str(metrics["candidate"]["accuracy"]),
         "champion_version": champion_version or "",
         "champion_accuracy": str(metrics["champion"]["accuracy"]) if metrics["champion"] else "",
@@ -198,14 +208,16 @@ def evaluate(
 
 @app.command()
 def gate(
-    metrics: Annotated[Path, typer.Option(help="metrics.json written by evaluate.")] = Path(
-        "outputs/evaluate/metrics.json"
-    ),
+    metrics: Annotated[
+        str, typer.Option(help="evaluate's metrics: a metrics.json path, or its record's URI in the store.")
+    ] = "outputs/evaluate/metrics.json",
     min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.90,
     min_class_recall: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.60,
     min_delta: Annotated[float, typer.Option(min=-1.0, max=1.0)] = 0.0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
-    allow_equal: Annotated[bool, typer.Option(help="Accept a non-inferior candidate (within --tolerance).")] = False,
+    allow_equal: Annotated[
+        YesNo, typer.Option(help="Accept a non-inferior candidate (within --tolerance) instead.")
+    ] = YesNo.no,
     tolerance: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.005,
     first_run: Annotated[str, typer.Option(help="With no champion: promote or reject.")] = "promote",
     force: Annotated[bool, typer.Option(help="Promote whatever the checks say (needs --force-reason).")] = False,
@@ -216,18 +228,13 @@ def gate(
     from steps.gate import Policy, decide
     from steps.report import model_card_markdown
 
-    try:
-        metrics_data = json.loads(metrics.read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"metrics file {metrics} not found: run `fashion-pipeline evaluate` first") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"metrics file {metrics} is not valid JSON ({exc})") from exc
+    metrics_data = _read_metrics(metrics)
     policy = Policy(
         min_accuracy=min_accuracy,
         min_class_recall=min_class_recall,
         min_delta=min_delta,
         alpha=alpha,
-        allow_equal=allow_equal,
+        allow_equal=allow_equal == YesNo.yes,
         tolerance=tolerance,
         first_run=first_run,
         force=force,
@@ -235,6 +242,7 @@ def gate(
     )
     record = decide(metrics_data, policy)
     registry = _registry()
+    record["workflow"] = os.environ.get("FASHION_PIPELINE_WORKFLOW") or None
     if record["candidate"]:
         registry.add_record(record["candidate"], "decisions", record)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +251,55 @@ def gate(
     (out / "model-card.md").write_text(model_card_markdown(card, metrics_data, record))
     _write_outputs(out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
     _summary({"decision": record["decision"], "reasons": "; ".join(record["reasons"]), "record": out / "decision.json"})
+
+
+def _read_metrics(location: str) -> Any:
+    if "://" in location:
+        from steps.storage import open_store
+
+        parent, _, name = location.rpartition("/")
+        return open_store(parent).read_json(name)
+    try:
+        return json.loads(Path(location).read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"metrics file {location} not found: run `fashion-pipeline evaluate` first") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"metrics file {location} is not valid JSON ({exc})") from exc
+
+
+@app.command()
+def rollout(
+    model: Annotated[str, typer.Option(help="The version to roll out: a version id, an alias, or 'latest'.")],
+    dataset: DatasetOption = "",
+    target: Annotated[str, typer.Option(help="local (the embedded default) or kserve.")] = "local",
+    canary_percent: Annotated[int, typer.Option(help="Traffic share of the canary while it is probed.")] = 10,
+    reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "rollout",
+    out: OutOption = Path("outputs/rollout"),
+) -> None:
+    """Preflight a version and put it into production on the target."""
+    from steps.rollout import rollout as run_rollout
+
+    registry = _registry()
+    record = run_rollout(registry, registry.resolve(model), _default_dataset(dataset), target, canary_percent,
+                         reason, out)  # fmt: skip
+    _write_outputs(out, {"outcome": record["outcome"], "served_version": record.get("served_version", "")})
+    _summary({"outcome": record["outcome"], "version": record["version"], "target": target})
+
+
+@app.command()
+def report(
+    workflow: Annotated[str, typer.Option(help="The workflow run to summarise.")],
+    status: Annotated[str, typer.Option(help="The run's status ({{workflow.status}}).")] = "Unknown",
+    failures: Annotated[str, typer.Option(help="Argo's {{workflow.failures}} JSON.")] = "",
+    out: OutOption = Path("outputs/report"),
+) -> None:
+    """The exit report of a run: what it trained, what the gate decided, what is in production."""
+    from steps.report import run_summary
+
+    summary = run_summary(_registry(), workflow, status, failures)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary)
+    typer.echo(summary, nl=False)
 
 
 @models_app.command("list")

@@ -1,0 +1,209 @@
+"""The step templates: each runs one `fashion-pipeline` sub-command in the step image.
+
+The command is the same in the container and in the local engine; outputs are files under
+`OUTPUTS` (one per output parameter, plus reports), which the engine maps to a node directory.
+"""
+
+from __future__ import annotations
+
+from hera.workflows import (
+    Artifact,
+    Container,
+    Counter,
+    Env,
+    Gauge,
+    Label,
+    NoneArchiveStrategy,
+    Parameter,
+    Resources,
+    RetryStrategy,
+    SecretEnv,
+)
+from hera.workflows import models as m
+
+from steps import __version__
+
+IMAGE = f"fashion-pipeline/steps:{__version__}"
+OUTPUTS = "/tmp/outputs"
+S3_SECRET = "fashion-pipeline-s3"
+ROLLOUT_MUTEX = "fashion-mnist-rollout"
+
+_SECURITY = m.SecurityContext(
+    allow_privilege_escalation=False,
+    capabilities=m.Capabilities(drop=["ALL"]),
+    run_as_non_root=True,
+)
+_NETWORK_RETRY = RetryStrategy(
+    limit=3,
+    retry_policy="Always",
+    backoff=m.Backoff(duration="10s", factor=2, max_duration="5m"),
+)
+
+
+def _env() -> list[Env | SecretEnv]:
+    """Where the store is and how to reach it; the workflow name ties records to this run."""
+    return [
+        Env(name="FASHION_PIPELINE_STORE", value="{{workflow.parameters.store}}"),
+        Env(name="FASHION_PIPELINE_WORKFLOW", value="{{workflow.name}}"),
+        Env(name="S3_ENDPOINT", value="{{workflow.parameters.s3_endpoint}}"),
+        SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=S3_SECRET, secret_key="AWS_ACCESS_KEY_ID"),
+        SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=S3_SECRET, secret_key="AWS_SECRET_ACCESS_KEY"),
+        Env(name="TF_CPP_MIN_LOG_LEVEL", value="2"),
+    ]
+
+
+def _out(name: str, default: str | None = None, global_name: str | None = None) -> Parameter:
+    value_from = m.ValueFrom(path=f"{OUTPUTS}/{name}", default=default)
+    return Parameter(name=name, value_from=value_from, global_name=global_name)
+
+
+def _report(name: str, file: str) -> Artifact:
+    """A report file the Argo UI can render: unarchived, with its extension."""
+    return Artifact(name=name, path=f"{OUTPUTS}/{file}", archive=NoneArchiveStrategy(), optional=True)
+
+
+def _inputs(*names: str) -> list[Parameter]:
+    return [Parameter(name=name) for name in names]
+
+
+def _args(step: str, *names: str) -> list[str]:
+    """`fashion-pipeline STEP --name {{inputs.parameters.name}} ... --out OUTPUTS`."""
+    args = [step]
+    for name in names:
+        args += [f"--{name.replace('_', '-')}", f"{{{{inputs.parameters.{name}}}}}"]
+    return [*args, "--out", OUTPUTS]
+
+
+def _step(name: str, *, cpu: str, memory: str, deadline: int, **kwargs: object) -> Container:
+    return Container(
+        name=name,
+        image=IMAGE,
+        image_pull_policy="IfNotPresent",
+        command=["fashion-pipeline"],
+        env=_env(),
+        security_context=_SECURITY,
+        resources=Resources(cpu_request=cpu, cpu_limit=cpu, memory_request=memory, memory_limit=memory),
+        active_deadline_seconds=deadline,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+FETCH_INPUTS = ("data_url",)
+TRAIN_INPUTS = ("dataset", "epochs", "batch_size", "learning_rate", "seed", "architecture", "train_limit", "precision")
+EVALUATE_INPUTS = ("dataset", "model")
+GATE_INPUTS = ("metrics", "min_accuracy", "min_class_recall", "min_delta", "alpha", "allow_equal", "tolerance",
+               "first_run")  # fmt: skip
+ROLLOUT_INPUTS = ("model", "target", "canary_percent", "reason")
+
+
+def fetch_dataset() -> Container:
+    return _step(
+        "fetch-dataset",
+        cpu="500m",
+        memory="1Gi",
+        deadline=900,
+        args=_args("fetch", *FETCH_INPUTS),
+        inputs=_inputs(*FETCH_INPUTS),
+        outputs=[_out("dataset_uri"), _out("dataset_digest"), _out("cache_hit")],
+        retry_strategy=_NETWORK_RETRY,
+    )
+
+
+def train() -> Container:
+    return _step(
+        "train",
+        cpu="2",
+        memory="4Gi",
+        deadline=3600,
+        args=_args("train", *TRAIN_INPUTS),
+        inputs=_inputs(*TRAIN_INPUTS),
+        outputs=[
+            _out("model_version", global_name="model_version"),
+            _out("model_uri"),
+            _report("training-curve", "training-curve.png"),
+            _report("history", "history.json"),
+        ],
+    )
+
+
+def evaluate() -> Container:
+    return _step(
+        "evaluate",
+        cpu="2",
+        memory="3Gi",
+        deadline=1800,
+        args=[*_args("evaluate", *EVALUATE_INPUTS)[:-2], "--champion", "production", "--out", OUTPUTS],
+        inputs=_inputs(*EVALUATE_INPUTS),
+        outputs=[
+            _out("metrics_uri"),
+            _out("accuracy", global_name="accuracy"),
+            _out("champion_version"),
+            _out("p_value"),
+            _report("metrics", "metrics.json"),
+            _report("confusion-matrix", "confusion-matrix.png"),
+        ],
+        metrics=[
+            Gauge(
+                name="fashion_pipeline_candidate_accuracy",
+                help="Test accuracy of the candidate model trained by this workflow",
+                value="{{outputs.parameters.accuracy}}",
+                realtime=False,
+            )
+        ],
+    )
+
+
+def gate() -> Container:
+    return _step(
+        "gate",
+        cpu="250m",
+        memory="512Mi",
+        deadline=300,
+        args=_args("gate", *GATE_INPUTS),
+        inputs=_inputs(*GATE_INPUTS),
+        outputs=[
+            _out("decision", global_name="decision"),
+            _out("model_version"),
+            _report("decision", "decision.json"),
+            _report("model-card", "model-card.md"),
+        ],
+        metrics=[
+            Counter(
+                name="fashion_pipeline_gate_decisions_total",
+                help="Gate decisions, by outcome",
+                labels=[Label(key="decision", value="{{outputs.parameters.decision}}")],
+                value="1",
+            )
+        ],
+    )
+
+
+def rollout() -> Container:
+    return _step(
+        "rollout",
+        cpu="500m",
+        memory="2Gi",
+        deadline=1800,
+        args=_args("rollout", *ROLLOUT_INPUTS),
+        inputs=_inputs(*ROLLOUT_INPUTS),
+        # Read by the exit report whether rollout ran or was Skipped: defaults are required.
+        outputs=[
+            _out("outcome", default="skipped", global_name="rollout_outcome"),
+            _out("served_version", default="", global_name="served_version"),
+            _report("rollout", "rollout.json"),
+        ],
+        retry_strategy=RetryStrategy(limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=2)),
+        synchronization=m.Synchronization(mutexes=[m.Mutex(name=ROLLOUT_MUTEX)]),
+    )
+
+
+def report() -> Container:
+    return _step(
+        "report",
+        cpu="250m",
+        memory="512Mi",
+        deadline=300,
+        args=["report", "--workflow", "{{workflow.name}}", "--status", "{{workflow.status}}",
+              "--failures", "{{workflow.failures}}", "--out", OUTPUTS],
+        outputs=[_report("summary", "summary.md")],
+    )
