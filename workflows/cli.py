@@ -302,6 +302,96 @@ def report(
     typer.echo(summary, nl=False)
 
 
+def _embedded_defaults(declared: dict[str, str]) -> dict[str, str]:
+    """What differs on a laptop: the local store, a local rollout target, S3 only if configured."""
+    from steps.storage import open_store
+
+    defaults = {
+        "store": open_store(STATE.store_uri).uri,
+        "rollout_target": "local",
+        "s3_endpoint": os.environ.get("S3_ENDPOINT", ""),
+    }
+    return {k: v for k, v in defaults.items() if k in declared}
+
+
+@app.command()
+def run(
+    parameter: Annotated[
+        list[str] | None, typer.Option("--parameter", "-p", help="NAME=VALUE, as with `argo submit -p`.")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A compiled Workflow(Template) YAML (default: compiled now).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The run's name (default: template name + random suffix).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run records and node logs go.")] = Path("runs"),
+) -> None:
+    """Run the pipeline on the local engine: the same compiled workflow `argo submit` sends."""
+    from workflows.engine import Engine, load_manifest, workflow_parameters
+    from workflows.progress import Progress
+
+    if file is not None:
+        manifest = load_manifest(file)
+    else:
+        from workflows.pipeline import manifest as compiled
+
+        manifest = compiled()
+    overrides = {}
+    for item in parameter or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"-p {item!r}: use NAME=VALUE")
+        overrides[key.strip()] = value
+    values = {**_embedded_defaults(workflow_parameters(manifest)), **overrides}
+    with Progress() as progress:
+        engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update)
+        result = engine.execute()
+    progress.final(result)
+    if result.phase != "Succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def render(
+    check: Annotated[bool, typer.Option("--check", help="Exit non-zero if argo/ is stale; write nothing.")] = False,
+    out: Annotated[Path, typer.Option(help="The manifests directory.")] = Path("argo"),
+) -> None:
+    """Compile the Hera workflows into argo/ (deterministic YAML)."""
+    from workflows.render import render as write
+    from workflows.render import stale
+
+    if check:
+        outdated = stale(out)
+        if outdated:
+            raise UserError(f"{', '.join(outdated)} is stale: run `fashion-pipeline render` and commit the result")
+        typer.echo(f"{out}/ is up to date")
+        return
+    written = write(out)
+    typer.echo("\n".join(f"wrote {path}" for path in written) or f"{out}/ was already up to date")
+
+
+@app.command()
+def lint(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Manifest files or directories (default: argo/).")] = None,
+    schemas: Annotated[
+        Path | None,
+        typer.Option(envvar="FASHION_PIPELINE_SCHEMAS", help="Directory with the pinned upstream schemas."),
+    ] = None,
+) -> None:
+    """Validate manifests strictly against the Argo, Argo Events, KServe and Kubernetes schemas."""
+    from workflows.validate import lint_paths
+
+    targets = paths or [Path("argo")]
+    for target in targets:
+        if not target.exists():
+            raise UserError(f"{target} does not exist")
+    problems = lint_paths(targets, schemas or Path("schemas"))
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in {', '.join(map(str, targets))}")
+    typer.echo(f"{', '.join(map(str, targets))}: no problems")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Registered versions with their accuracy and aliases."""

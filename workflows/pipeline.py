@@ -124,6 +124,7 @@ def build() -> WorkflowTemplate:
             rolled_out = rollout(
                 arguments={
                     "model": gated.get_parameter("model_version").value,
+                    "dataset": fetched.get_parameter("dataset_uri").value,
                     "target": _wf("rollout_target"),
                     "canary_percent": _wf("canary_percent"),
                     "reason": _wf("reason"),

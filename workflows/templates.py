@@ -93,7 +93,7 @@ TRAIN_INPUTS = ("dataset", "epochs", "batch_size", "learning_rate", "seed", "arc
 EVALUATE_INPUTS = ("dataset", "model")
 GATE_INPUTS = ("metrics", "min_accuracy", "min_class_recall", "min_delta", "alpha", "allow_equal", "tolerance",
                "first_run")  # fmt: skip
-ROLLOUT_INPUTS = ("model", "target", "canary_percent", "reason")
+ROLLOUT_INPUTS = ("model", "dataset", "target", "canary_percent", "reason")
 
 
 def fetch_dataset() -> Container:

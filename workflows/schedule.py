@@ -1,0 +1,39 @@
+"""The CronWorkflow: retrain nightly from the WorkflowTemplate, never two at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hera.workflows import CronWorkflow
+from hera.workflows import models as m
+
+from workflows import pipeline
+
+NAME = "fashion-mnist-nightly"
+SCHEDULES = ["0 2 * * *"]
+TIMEZONE = "Etc/UTC"
+REASON = "nightly retrain"
+
+
+def build() -> CronWorkflow:
+    return CronWorkflow(
+        name=NAME,
+        namespace=pipeline.NAMESPACE,
+        annotations={
+            "workflows.argoproj.io/title": "Fashion-MNIST: nightly retrain",
+            "workflows.argoproj.io/description": f"Runs {pipeline.NAME} at {', '.join(SCHEDULES)} ({TIMEZONE}).",
+        },
+        labels={"app.kubernetes.io/name": "fashion-pipeline", "app.kubernetes.io/part-of": "fashion-pipeline"},
+        schedules=SCHEDULES,
+        timezone=TIMEZONE,
+        concurrency_policy="Forbid",
+        starting_deadline_seconds=600,
+        successful_jobs_history_limit=3,
+        failed_jobs_history_limit=5,
+        workflow_template_ref=m.WorkflowTemplateRef(name=pipeline.NAME),
+        arguments=[m.Parameter(name="reason", value=REASON)],
+    )
+
+
+def manifest() -> dict[str, Any]:
+    return build().to_dict()
