@@ -196,11 +196,12 @@ def check_supported(manifest: dict[str, Any]) -> list[str]:
                 check(task, "task", f"{where}.dag.tasks[{task.get('name')}]")
                 if set(task.get("arguments", {})) - {"parameters"}:
                     raise UnsupportedConstruct(f"{where}.dag.tasks[{task.get('name')}].arguments.artifacts")
+                task_where = f"{where}.dag.tasks[{task.get('name')}]"
                 target = next((t for t in spec["templates"] if t.get("name") == task.get("template")), None)
                 if target is None:
-                    raise UnsupportedConstruct(f"{where}.dag.tasks[{task.get('name')}]: no template {task.get('template')!r}")
+                    raise UnsupportedConstruct(f"{task_where}: no template {task.get('template')!r}")
                 if "dag" in target:
-                    raise UnsupportedConstruct(f"{where}.dag.tasks[{task.get('name')}]: nested DAGs")
+                    raise UnsupportedConstruct(f"{task_where}: nested DAGs")
         body = template.get("container") or template.get("script")
         if body is not None:
             check(body, "container", f"{where}.{kinds[0]}")
@@ -254,7 +255,9 @@ def evaluate_when(expression: str) -> bool:
 
 
 class _When:
-    _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|('[^']*'|\"[^\"]*\")|(==|!=|<=|>=|&&|\|\||[<>!()])|([^\s()!=<>&|'\"]+))")
+    _TOKEN = re.compile(
+        r"\s*(?:(\d+(?:\.\d+)?)|('[^']*'|\"[^\"]*\")|(==|!=|<=|>=|&&|\|\||[<>!()])|([^\s()!=<>&|'\"]+))"
+    )
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -491,7 +494,8 @@ class Engine:
             return self._run_dag(template, node_name, inputs)
         node = Node(name=node_name, template=template_name)
         self.run.nodes[node_name] = node
-        scope = {**self._global_scope(), **(extra_scope or {}), **{f"inputs.parameters.{k}": v for k, v in inputs.items()}}
+        scope = {**self._global_scope(), **(extra_scope or {})}
+        scope.update({f"inputs.parameters.{k}": v for k, v in inputs.items()})
         with self._mutexes(template, node):
             self._run_pod_with_retries(template, node, scope)
         return node.phase, node.message
@@ -548,7 +552,8 @@ class Engine:
                     self._changed(node)
                     continue
                 if not run_it:
-                    node.phase, node.message = "Skipped", f"when '{substitute(task['when'], scope, where)}' evaluated false"
+                    condition = substitute(task["when"], scope, where)
+                    node.phase, node.message = "Skipped", f"when '{condition}' evaluated false"
                     node.outputs = self._defaults(task["template"])
                     outputs[name] = node.outputs
                     phases[name] = "Skipped"

@@ -65,8 +65,10 @@ class Progress:
             self.console.print(f"[red]{node.name}[/] log ({node.log}), last lines:")
             lines = open(node.log, errors="replace").read().splitlines()[-15:]
             self.console.print("\n".join(lines), markup=False, highlight=False)
-        self.console.print(f"{run.name} {run.phase}{': ' + run.message if run.message else ''} "
-                           f"in {(run.finished or 0) - run.started:.1f}s; record: {run.directory / 'workflow.json'}")  # fmt: skip
+        message = f": {run.message}" if run.message else ""
+        elapsed = (run.finished or 0) - run.started
+        record = run.directory / "workflow.json"
+        self.console.print(f"{run.name} {run.phase}{message} in {elapsed:.1f}s; record: {record}")
 
 
 

@@ -1,6 +1,6 @@
 """Strict schema validation and `argo lint`-style semantic checks of the manifests under argo/.
 
-Schemas are the pinned upstream files in a directory (see SCHEMA_FETCH_COMMANDS); none of them
+Schemas are the pinned upstream files in a directory (see `schema_fetch_commands`); none of them
 rejects unknown fields, so each is made strict on load. Core Kubernetes kinds are checked with
 the schemas shipped by `kubernetes-validate`.
 
@@ -49,10 +49,10 @@ Issue = tuple[Loc, str]
 
 
 def schema_fetch_commands(schemas_dir: Path) -> str:
-    """The shell commands that put the pinned upstream schemas into `schemas_dir`."""
-    lines = [f"mkdir -p {schemas_dir}"]
-    lines += [f"curl -fsSL -o {schemas_dir / name} {url}" for name, url in SCHEMA_SOURCES.items()]
-    return "\n".join(lines)
+    """One shell line that puts the pinned upstream schemas into `schemas_dir`."""
+    commands = [f"mkdir -p {schemas_dir}"]
+    commands += [f"curl -fsSL -o {schemas_dir / name} {url}" for name, url in SCHEMA_SOURCES.items()]
+    return " && ".join(commands)
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,10 @@ class Problem:
 class SchemasMissing(UserError):
     """The pinned upstream schemas are not where the validator was told to look."""
 
-    def __init__(self, schemas_dir: Path, missing: str) -> None:
+    def __init__(self, schemas_dir: Path, what: str) -> None:
         super().__init__(
-            f"schemas for offline validation: {missing} not found in {schemas_dir}; "
-            f"fetch the pinned upstream files with:\n{schema_fetch_commands(schemas_dir)}"
+            f"offline validation needs the pinned upstream schemas, but {what}; "
+            f"fetch them with: {schema_fetch_commands(schemas_dir)}"
         )
 
 
@@ -190,7 +190,7 @@ def _argo_schema_set(
     return _SchemaSet(uri, kinds, registry, validator_class)
 
 
-def _yaml_loader() -> type[yaml.SafeLoader]:
+def _yaml_loader() -> Any:
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -246,7 +246,7 @@ class Validator:
     def __init__(self, schemas_dir: Path) -> None:
         self.schemas_dir = Path(schemas_dir)
         if not self.schemas_dir.is_dir():
-            raise SchemasMissing(self.schemas_dir, "the directory")
+            raise SchemasMissing(self.schemas_dir, f"{self.schemas_dir} is not a directory")
         self._sets: dict[str, _SchemaSet] = {}
         self._validators: dict[tuple[str, str], SchemaValidator] = {}
 
@@ -292,19 +292,21 @@ class Validator:
         return issues
 
     def _sensor_issues(self, sensor: dict[str, Any], at: Loc) -> list[Issue]:
+        """The resource an argoWorkflow/k8s trigger creates is validated as what it is, inside the Sensor."""
         issues: list[Issue] = []
         for i, trigger in _items(_dig(sensor, "spec", "triggers")):
-            argo = _dig(trigger, "template", "argoWorkflow")
-            trigger_at = (*at, "spec", "triggers", i, "template", "argoWorkflow")
-            resource = _dig(argo, "source", "resource")
-            if not isinstance(resource, dict):
-                continue
-            issues += self._issues(resource, (*trigger_at, "source", "resource"))
-            for j, parameter in _items(_dig(argo, "parameters")):
-                dest = parameter.get("dest") if isinstance(parameter, dict) else None
-                problem = _dest_problem(resource, dest) if isinstance(dest, str) else None
-                if problem:
-                    issues.append(((*trigger_at, "parameters", j, "dest"), problem))
+            for kind in ("argoWorkflow", "k8s"):
+                trigger_at = (*at, "spec", "triggers", i, "template", kind)
+                body = _dig(trigger, "template", kind)
+                resource = _dig(body, "source", "resource")
+                if not isinstance(resource, dict):
+                    continue
+                issues += self._issues(resource, (*trigger_at, "source", "resource"))
+                for j, parameter in _items(_dig(body, "parameters")):
+                    dest = parameter.get("dest") if isinstance(parameter, dict) else None
+                    problem = _dest_problem(resource, dest) if isinstance(dest, str) else None
+                    if problem:
+                        issues.append(((*trigger_at, "parameters", j, "dest"), problem))
         return issues
 
     # -- schema sets ---------------------------------------------------------------------------
@@ -312,7 +314,7 @@ class Validator:
     def _read(self, name: str) -> str:
         path = self.schemas_dir / name
         if not path.is_file():
-            raise SchemasMissing(self.schemas_dir, name)
+            raise SchemasMissing(self.schemas_dir, f"{path} is missing")
         return path.read_text(encoding="utf-8")
 
     def _schema_set(self, which: str) -> _SchemaSet:
@@ -341,7 +343,7 @@ class Validator:
             crd = yaml.load(self._read(KSERVE_CRD), Loader=_yaml_loader())
             versions = [v for v in _dig(crd, "spec", "versions") or [] if v.get("name") == "v1beta1"]
             if not versions:
-                raise SchemasMissing(self.schemas_dir, f"the v1beta1 version in {KSERVE_CRD}")
+                raise SchemasMissing(self.schemas_dir, f"{KSERVE_CRD} has no v1beta1 version")
             schema = versions[0]["schema"]["openAPIV3Schema"]
             _openapi_to_jsonschema(schema)
             self._validators[key] = Draft202012Validator(schema)
@@ -499,7 +501,8 @@ def _spec_issues(spec: dict[str, Any], needs_entrypoint: bool) -> Iterator[Issue
         yield from _check_metrics(template.get("metrics"), (*at, "metrics"))
         if dag is not None:
             yield from dag.issues
-            yield from _check_calls(ws, dag.tasks_at(), "task")
+            tasks = _named(_dig(template, "dag", "tasks"))
+            yield from _check_calls(ws, (((*at, "dag", "tasks", j), task) for j, task in tasks), "task")
         yield from _check_steps(ws, template, at)
         yield from _check_template_variables(ws, template, at, dag)
         yield from _check_skipped_outputs(ws, template, at, dag)
@@ -529,10 +532,10 @@ def _check_entrypoint_and_exit(ws: _Workflow, needs_entrypoint: bool) -> Iterato
     if entrypoint is None:
         if needs_entrypoint:
             yield (), "spec.entrypoint is required (no workflowTemplateRef)"
-    elif entrypoint not in ws.templates:
+    elif isinstance(entrypoint, str) and entrypoint not in ws.templates:
         yield ("entrypoint",), f"entrypoint '{entrypoint}' is not a template of this workflow"
     on_exit = ws.spec.get("onExit")
-    if on_exit is not None and on_exit not in ws.templates:
+    if isinstance(on_exit, str) and on_exit not in ws.templates:
         yield ("onExit",), f"onExit template '{on_exit}' is not a template of this workflow"
     yield from _check_hooks(ws, ws.spec.get("hooks"), ("hooks",))
 
@@ -766,9 +769,6 @@ class _Dag:
         self._read_dependencies()
         self._sort()
         return self
-
-    def tasks_at(self) -> Iterator[tuple[Loc, dict[str, Any]]]:
-        return ((self.locs[name], task) for name, task in self.tasks.items())
 
     def _read_dependencies(self) -> None:
         styles: set[str] = set()
@@ -1059,7 +1059,8 @@ def _has_default(template: dict[str, Any] | None, parameter: str) -> bool:
         return True
     for _, declared in _named(_dig(template, "outputs", "parameters")):
         if declared.get("name") == parameter:
-            return "default" in (declared.get("valueFrom") or {})
+            value_from = declared.get("valueFrom")
+            return isinstance(value_from, dict) and "default" in value_from
     return True  # an undeclared output is reported by the variable check
 
 
