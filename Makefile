@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum
 SHARED_MIRROR := $(wildcard $(CURDIR)/../shared/data/fashion-mnist)
 # Use the workplace's copy of the data when there is one; otherwise the mirror chain decides.
 export FASHION_MNIST_MIRROR ?= $(SHARED_MIRROR)
+# The pinned upstream schemas that `fashion-pipeline lint` validates against (see README).
+export FASHION_PIPELINE_SCHEMAS ?= $(wildcard $(CURDIR)/../shared/schemas)
 
 .PHONY: run test lint install clean
 
@@ -22,10 +24,12 @@ $(STAMP):
 install: $(STAMP)
 
 run: $(STAMP)
-	scripts/run-local.sh
+	$(BIN)/fashion-pipeline run $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/fashion-pipeline render --check
+	$(BIN)/fashion-pipeline lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -44,9 +44,17 @@ UPSTREAM_MIRRORS = (
 )
 DEBIAN_MIRROR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DATASETS_PREFIX = "datasets/fashion-mnist"
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 _HTTP_TIMEOUT_S = 30
@@ -105,9 +113,7 @@ def fetch_dataset(store: Store, mirrors: list[tuple[str, bool]]) -> FetchResult:
         if store.exists(_manifest_key(digest)):
             return _cache_hit(store, digest, source=mirror)
         return _publish(store, digest, digests, counts, files, mirror)
-    raise UserError(
-        f"no mirror served a valid Fashion-MNIST ({len(failures)} tried): " + " | ".join(failures)
-    )
+    raise UserError(f"no mirror served a valid Fashion-MNIST ({len(failures)} tried): " + " | ".join(failures))
 
 
 def _cache_hit(store: Store, digest: str, source: str) -> FetchResult:
@@ -190,9 +196,7 @@ def parse_idx(mirror: str, name: str, raw: bytes, images: bool) -> np.ndarray:
     magic = int.from_bytes(raw[0:4], "big")
     expected = _IMAGES_MAGIC if images else _LABELS_MAGIC
     if magic != expected:
-        raise MirrorError(
-            f"dataset mirror {mirror}: {name}: wrong IDX magic 0x{magic:08x}, expected 0x{expected:08x}"
-        )
+        raise MirrorError(f"dataset mirror {mirror}: {name}: wrong IDX magic 0x{magic:08x}, expected 0x{expected:08x}")
     count = int.from_bytes(raw[4:8], "big")
     if images:
         rows, cols = int.from_bytes(raw[8:12], "big"), int.from_bytes(raw[12:16], "big")
@@ -208,9 +212,7 @@ def parse_idx(mirror: str, name: str, raw: bytes, images: bool) -> np.ndarray:
     return array.reshape(count, 28, 28) if images else array
 
 
-def _validate(
-    mirror: str, files: dict[str, bytes], allow_custom: bool
-) -> tuple[dict[str, str], dict[str, int]]:
+def _validate(mirror: str, files: dict[str, bytes], allow_custom: bool) -> tuple[dict[str, str], dict[str, int]]:
     digests: dict[str, str] = {}
     counts: dict[str, int] = {}
     for split in ("train", "test"):
@@ -275,4 +277,3 @@ def canonical_dataset_uri(store: Store) -> str | None:
     if store.exists(_manifest_key(CANONICAL_DIGEST)):
         return store.uri_of(f"{DATASETS_PREFIX}/{CANONICAL_DIGEST}")
     return None
-

@@ -121,8 +121,13 @@ def evaluate(
     candidate_dir = registry.local_model_dir(candidate)
     started = time.perf_counter()
     cand_pred = predict_classes(candidate_dir, x)
-    log.info("candidate %s: accuracy %.4f on %d test images (%.1f s)",
-             candidate, np.mean(cand_pred == y), len(y), time.perf_counter() - started)  # fmt: skip
+    log.info(
+        "candidate %s: accuracy %.4f on %d test images (%.1f s)",
+        candidate,
+        np.mean(cand_pred == y),
+        len(y),
+        time.perf_counter() - started,
+    )
     metrics: dict[str, Any] = {
         "dataset": {"uri": dataset_uri, "digest": dataset.digest, "test_examples": len(y)},
         "candidate": {"version": candidate, **classification_metrics(y, cand_pred)},
@@ -134,14 +139,16 @@ def evaluate(
         champ_pred = predict_classes(registry.local_model_dir(champion), x)
         metrics["champion"] = {"version": champion, **classification_metrics(y, champ_pred)}
         metrics["comparison"] = {
-            "accuracy_delta": round(
-                metrics["candidate"]["accuracy"] - metrics["champion"]["accuracy"], 5
-            ),
+            "accuracy_delta": round(metrics["candidate"]["accuracy"] - metrics["champion"]["accuracy"], 5),
             **mcnemar_exact(y, cand_pred, champ_pred),
         }
-        log.info("champion %s: accuracy %.4f; delta %+.4f, McNemar p=%.3g",
-                 champion, metrics["champion"]["accuracy"], metrics["comparison"]["accuracy_delta"],
-                 metrics["comparison"]["p_value"])  # fmt: skip
+        log.info(
+            "champion %s: accuracy %.4f; delta %+.4f, McNemar p=%.3g",
+            champion,
+            metrics["champion"]["accuracy"],
+            metrics["comparison"]["accuracy_delta"],
+            metrics["comparison"]["p_value"],
+        )
     else:
         log.info("no champion in production: nothing to compare against")
 
@@ -150,8 +157,11 @@ def evaluate(
     (out_dir / "confusion-matrix.json").write_text(
         json.dumps({"classes": list(CLASS_NAMES), "matrix": metrics["candidate"]["confusion_matrix"]}) + "\n"
     )
-    plot_confusion_matrix(np.array(metrics["candidate"]["confusion_matrix"]), out_dir / "confusion-matrix.png",
-                          title=f"{candidate}: accuracy {metrics['candidate']['accuracy']:.2%}")  # fmt: skip
+    plot_confusion_matrix(
+        np.array(metrics["candidate"]["confusion_matrix"]),
+        out_dir / "confusion-matrix.png",
+        title=f"{candidate}: accuracy {metrics['candidate']['accuracy']:.2%}",
+    )
     record_key = registry.add_record(candidate, "evaluations", metrics)
     return Evaluation(metrics=metrics, record_uri=registry.store.uri_of(record_key))
 
@@ -172,8 +182,15 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:
     threshold = matrix.max() / 2 if matrix.size else 0
     for i in range(10):
         for j in range(10):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] > threshold else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] > threshold else "black",
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -62,47 +62,77 @@ def decide(metrics: dict[str, Any], policy: Policy) -> dict[str, Any]:
 
     floor_met = accuracy >= policy.min_accuracy
     checks = [
-        _check("min_accuracy", floor_met, accuracy, policy.min_accuracy,
-               f"accuracy {accuracy:.4f} {'≥' if floor_met else '<'} floor {policy.min_accuracy:.4f}"),
-    ]  # fmt: skip
+        _check(
+            "min_accuracy",
+            floor_met,
+            accuracy,
+            policy.min_accuracy,
+            f"accuracy {accuracy:.4f} {'≥' if floor_met else '<'} floor {policy.min_accuracy:.4f}",
+        ),
+    ]
     worst_class = min(recalls, key=recalls.__getitem__)
     worst = recalls[worst_class]
     checks.append(
-        _check("min_class_recall", worst >= policy.min_class_recall, {"class": worst_class, "recall": worst},
-               policy.min_class_recall,
-               f"lowest per-class recall {worst:.4f} ({worst_class}) "
-               f"{'≥' if worst >= policy.min_class_recall else '<'} floor {policy.min_class_recall:.4f}")
-    )  # fmt: skip
+        _check(
+            "min_class_recall",
+            worst >= policy.min_class_recall,
+            {"class": worst_class, "recall": worst},
+            policy.min_class_recall,
+            f"lowest per-class recall {worst:.4f} ({worst_class}) "
+            f"{'≥' if worst >= policy.min_class_recall else '<'} floor {policy.min_class_recall:.4f}",
+        )
+    )
 
     if champion is None or comparison is None:
         checks.append(
-            _check("first_run", policy.first_run == "promote", "no champion", policy.first_run,
-                   f"no model in production: the first-run policy is {policy.first_run!r}")
-        )  # fmt: skip
+            _check(
+                "first_run",
+                policy.first_run == "promote",
+                "no champion",
+                policy.first_run,
+                f"no model in production: the first-run policy is {policy.first_run!r}",
+            )
+        )
     else:
         delta = float(comparison["accuracy_delta"])
         p_value = float(comparison["p_value"])
         vs = f"candidate {accuracy:.4f} vs champion {float(champion['accuracy']):.4f}"
         if policy.allow_equal:
             checks.append(
-                _check("non_inferior", delta >= -policy.tolerance, delta, -policy.tolerance,
-                       f"{vs}: delta {delta:+.4f} {'≥' if delta >= -policy.tolerance else '<'} "
-                       f"-tolerance {-policy.tolerance:+.4f}")
-            )  # fmt: skip
+                _check(
+                    "non_inferior",
+                    delta >= -policy.tolerance,
+                    delta,
+                    -policy.tolerance,
+                    f"{vs}: delta {delta:+.4f} {'≥' if delta >= -policy.tolerance else '<'} "
+                    f"-tolerance {-policy.tolerance:+.4f}",
+                )
+            )
         else:
             improved = delta >= policy.min_delta and delta > 0
             checks.append(
-                _check("min_delta", improved, delta, policy.min_delta,
-                       f"{vs}: delta {delta:+.4f} " + ("meets" if improved else "does not meet")
-                       + f" the required improvement (> 0 and ≥ {policy.min_delta:+.4f})")
-            )  # fmt: skip
+                _check(
+                    "min_delta",
+                    improved,
+                    delta,
+                    policy.min_delta,
+                    f"{vs}: delta {delta:+.4f} "
+                    + ("meets" if improved else "does not meet")
+                    + f" the required improvement (> 0 and ≥ {policy.min_delta:+.4f})",
+                )
+            )
             significant = p_value < policy.alpha
             checks.append(
-                _check("significance", significant, p_value, policy.alpha,
-                       f"McNemar p={p_value:.4g} {'<' if significant else '≥'} alpha {policy.alpha:g} "
-                       f"({comparison['candidate_only_correct']} images only the candidate gets right, "
-                       f"{comparison['champion_only_correct']} only the champion)")
-            )  # fmt: skip
+                _check(
+                    "significance",
+                    significant,
+                    p_value,
+                    policy.alpha,
+                    f"McNemar p={p_value:.4g} {'<' if significant else '≥'} alpha {policy.alpha:g} "
+                    f"({comparison['candidate_only_correct']} images only the candidate gets right, "
+                    f"{comparison['champion_only_correct']} only the champion)",
+                )
+            )
 
     failed = [c for c in checks if not c["passed"]]
     reasons = [c["detail"] for c in failed] or [c["detail"] for c in checks]

@@ -75,8 +75,11 @@ def run_summary(registry: Registry, workflow: str, status: str, failures: str) -
         lines.append(f"- rollout: {last['outcome']} on {last['target']}" if last else "- rollout: none")
         lines.append("")
     production = registry.alias("production")
-    lines.append(f"Production: {production['version']} (since {production['updated']})" if production
-                 else "Production: no model yet")  # fmt: skip
+    lines.append(
+        f"Production: {production['version']} (since {production['updated']})"
+        if production
+        else "Production: no model yet"
+    )
     return "\n".join(lines) + "\n"
 
 

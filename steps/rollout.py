@@ -92,8 +92,9 @@ def rollout(
             # No local model server runs in this version: production is the registry's alias.
             registry.set_alias("production", version, reason, actor=f"rollout:{target}")
             record["outcome"] = "promoted"
-            log.info("no model server on target %s: version %s is preflighted and promoted in the registry",
-                     target, version)  # fmt: skip
+            log.info(
+                "no model server on target %s: version %s is preflighted and promoted in the registry", target, version
+            )
         record["served_version"] = version
     except RolloutError as exc:
         record["error"] = str(exc)

@@ -254,9 +254,7 @@ class S3Store(Store):
     def _put(self, key: str, data: bytes, replace: bool) -> None:
         # A single PUT is atomic in S3: readers see the old object or the new one.
         if not replace and self.exists(key):
-            raise ObjectExists(
-                f"refusing to overwrite {self.uri_of(key)}: store objects are written once"
-            )
+            raise ObjectExists(f"refusing to overwrite {self.uri_of(key)}: store objects are written once")
         self._call(
             "write",
             key,

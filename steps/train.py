@@ -72,9 +72,14 @@ def train(
     x_val, y_val, x_fit, y_fit = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
     log.info(
         "training %s on %d images (%d held out for validation), %d epochs, batch %d, lr %g, %s",
-        params.architecture, len(x_fit), n_val, params.epochs, params.batch_size,
-        params.learning_rate, params.precision,
-    )  # fmt: skip
+        params.architecture,
+        len(x_fit),
+        n_val,
+        params.epochs,
+        params.batch_size,
+        params.learning_rate,
+        params.precision,
+    )
 
     started = time.perf_counter()
     model, history = _fit(x_fit, y_fit, x_val, y_val, params)
@@ -131,9 +136,12 @@ def _fit(
     total = steps_per_epoch * params.epochs
     warmup = max(1, total // 10)
     schedule = keras.optimizers.schedules.CosineDecay(
-        params.learning_rate / 10, total - warmup, alpha=0.01,
-        warmup_target=params.learning_rate, warmup_steps=warmup,
-    )  # fmt: skip
+        params.learning_rate / 10,
+        total - warmup,
+        alpha=0.01,
+        warmup_target=params.learning_rate,
+        warmup_steps=warmup,
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",

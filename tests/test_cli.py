@@ -45,8 +45,19 @@ def test_steps_chain_from_fetch_to_gate_and_promotion(tmp_path: Path) -> None:
 
     run("evaluate", "--dataset", dataset, "--model", version, "--out", "o/eval", cwd=tmp_path, store=store)
     assert (tmp_path / "o/eval/champion_version").read_text() == ""
-    gate = run("gate", "--metrics", "o/eval/metrics.json", "--min-accuracy", "0.3", "--min-class-recall", "0",
-               "--out", "o/gate", cwd=tmp_path, store=store)  # fmt: skip
+    gate = run(
+        "gate",
+        "--metrics",
+        "o/eval/metrics.json",
+        "--min-accuracy",
+        "0.3",
+        "--min-class-recall",
+        "0",
+        "--out",
+        "o/gate",
+        cwd=tmp_path,
+        store=store,
+    )
     assert (tmp_path / "o/gate/decision").read_text() == "promote", gate.stdout
     decision = json.loads((tmp_path / "o/gate/decision.json").read_text())
     assert decision["candidate"] == version and any("first-run policy is 'promote'" in r for r in decision["reasons"])
@@ -62,8 +73,17 @@ def test_steps_chain_from_fetch_to_gate_and_promotion(tmp_path: Path) -> None:
     run("train", "--dataset", dataset, "--epochs", "1", "--seed", "7", "--out", "o/train2", cwd=tmp_path, store=store)
     run("evaluate", "--dataset", dataset, "--out", "o/eval2", cwd=tmp_path, store=store)
     assert (tmp_path / "o/eval2/champion_version").read_text() == version
-    run("gate", "--metrics", "o/eval2/metrics.json", "--min-accuracy", "1.0", "--out", "o/gate2",
-        cwd=tmp_path, store=store)  # fmt: skip
+    run(
+        "gate",
+        "--metrics",
+        "o/eval2/metrics.json",
+        "--min-accuracy",
+        "1.0",
+        "--out",
+        "o/gate2",
+        cwd=tmp_path,
+        store=store,
+    )
     assert (tmp_path / "o/gate2/decision").read_text() == "reject"
     history = run("models", "history", cwd=tmp_path, store=store).stdout.strip().splitlines()
     assert len(history) == 1 and version in history[0]
@@ -81,9 +101,7 @@ def test_steps_chain_from_fetch_to_gate_and_promotion(tmp_path: Path) -> None:
         (["gate", "--metrics", "missing.json"], "metrics file missing.json not found"),
     ],
 )
-def test_user_errors_are_one_line_on_stderr_without_traceback(
-    args: list[str], expected: str, tmp_path: Path
-) -> None:
+def test_user_errors_are_one_line_on_stderr_without_traceback(args: list[str], expected: str, tmp_path: Path) -> None:
     assert_one_line_error(run(*args, cwd=tmp_path, store=tmp_path / "store", check=False), expected)
 
 
@@ -99,8 +117,9 @@ def test_fetch_failure_lists_every_mirror_in_one_line(tmp_path: Path) -> None:
     env_mirror = tmp_path / "no-mirror-here"
     env = {**os.environ, "FASHION_PIPELINE_STORE": str(tmp_path / "s"), "FASHION_MNIST_MIRROR": str(env_mirror)}
     # Upstream mirrors are unreachable from the test sandbox or return data: only assert on ours.
-    proc = subprocess.run([CLI, "fetch", "--data-url", str(bad)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [CLI, "fetch", "--data-url", str(bad)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     if proc.returncode == 0:
         pytest.skip("an upstream mirror was reachable and served the canonical data")
     last = proc.stderr.strip().splitlines()[-1]

@@ -53,11 +53,19 @@ def test_when_true_runs_and_when_false_skips(tmp_path: Path) -> None:
     manifest = workflow(
         [
             {"name": "decide", "template": "decide"},
-            {"name": "yes", "template": "noop", "depends": "decide",
-             "when": "{{tasks.decide.outputs.parameters.answer}} == promote"},
-            {"name": "no", "template": "noop", "depends": "decide",
-             "when": "{{tasks.decide.outputs.parameters.answer}} != promote"},
-        ],  # fmt: skip
+            {
+                "name": "yes",
+                "template": "noop",
+                "depends": "decide",
+                "when": "{{tasks.decide.outputs.parameters.answer}} == promote",
+            },
+            {
+                "name": "no",
+                "template": "noop",
+                "depends": "decide",
+                "when": "{{tasks.decide.outputs.parameters.answer}} != promote",
+            },
+        ],
         [writer("decide", "answer", "promote"), script("noop", "pass")],
     )
     result = run(manifest, tmp_path)
@@ -73,8 +81,9 @@ def test_retries_until_success_with_backoff(tmp_path: Path) -> None:
         "import pathlib,sys; p=pathlib.Path(sys.argv[1]); n=int(p.read_text()) if p.exists() else 0; "
         "p.write_text(str(n+1)); sys.exit(0 if n >= 2 else 3)"
     )
-    flaky = script("flaky", code, retryStrategy={"limit": 3, "retryPolicy": "Always",
-                                                 "backoff": {"duration": "0.1s", "factor": 2}})  # fmt: skip
+    flaky = script(
+        "flaky", code, retryStrategy={"limit": 3, "retryPolicy": "Always", "backoff": {"duration": "0.1s", "factor": 2}}
+    )
     flaky["container"]["command"].append(str(counter))
     result = run(workflow([{"name": "flaky", "template": "flaky"}], [flaky]), tmp_path)
     assert result.phase == "Succeeded"
@@ -127,15 +136,23 @@ def test_workflow_deadline_stops_the_run_and_the_exit_handler_still_runs(tmp_pat
 def test_outputs_of_a_skipped_task_are_read_through_their_default(tmp_path: Path) -> None:
     maybe = writer("maybe", "result", "ran")
     maybe["outputs"]["parameters"][0]["valueFrom"]["default"] = "skipped"
-    echo = script("echo", "import sys; open(sys.argv[1] + '/seen', 'w').write(sys.argv[2])",
-                  inputs={"parameters": [{"name": "value"}]}, outputs={"parameters": [out_param("seen")]})  # fmt: skip
+    echo = script(
+        "echo",
+        "import sys; open(sys.argv[1] + '/seen', 'w').write(sys.argv[2])",
+        inputs={"parameters": [{"name": "value"}]},
+        outputs={"parameters": [out_param("seen")]},
+    )
     echo["container"]["command"] += ["/tmp/outputs", "{{inputs.parameters.value}}"]
     manifest = workflow(
         [
             {"name": "maybe", "template": "maybe", "when": "false"},
-            {"name": "echo", "template": "echo", "depends": "maybe",
-             "arguments": {"parameters": [{"name": "value", "value": "{{tasks.maybe.outputs.parameters.result}}"}]}},
-        ],  # fmt: skip
+            {
+                "name": "echo",
+                "template": "echo",
+                "depends": "maybe",
+                "arguments": {"parameters": [{"name": "value", "value": "{{tasks.maybe.outputs.parameters.result}}"}]},
+            },
+        ],
         [maybe, echo],
     )
     result = run(manifest, tmp_path)
@@ -147,9 +164,13 @@ def test_reading_a_skipped_output_without_default_is_an_error(tmp_path: Path) ->
     manifest = workflow(
         [
             {"name": "maybe", "template": "maybe", "when": "1 > 2"},
-            {"name": "use", "template": "noop", "depends": "maybe",
-             "arguments": {"parameters": [{"name": "v", "value": "{{tasks.maybe.outputs.parameters.result}}"}]}},
-        ],  # fmt: skip
+            {
+                "name": "use",
+                "template": "noop",
+                "depends": "maybe",
+                "arguments": {"parameters": [{"name": "v", "value": "{{tasks.maybe.outputs.parameters.result}}"}]},
+            },
+        ],
         [writer("maybe", "result", "x"), script("noop", "pass", inputs={"parameters": [{"name": "v"}]})],
     )
     result = run(manifest, tmp_path)
@@ -161,8 +182,12 @@ def test_exit_handler_runs_after_success_with_workflow_variables(tmp_path: Path)
     marker = tmp_path / "exit"
     handler = script("report", f"import sys; open({str(marker)!r},'w').write(' '.join(sys.argv[1:]))")
     handler["container"]["command"] += ["{{workflow.status}}", "{{workflow.name}}", "{{workflow.parameters.colour}}"]
-    manifest = workflow([{"name": "ok", "template": "noop"}], [script("noop", "pass"), handler], onExit="report",
-                        arguments={"parameters": [{"name": "colour", "value": "blue", "enum": ["blue", "red"]}]})  # fmt: skip
+    manifest = workflow(
+        [{"name": "ok", "template": "noop"}],
+        [script("noop", "pass"), handler],
+        onExit="report",
+        arguments={"parameters": [{"name": "colour", "value": "blue", "enum": ["blue", "red"]}]},
+    )
     result = run(manifest, tmp_path, colour="red")
     status, name, colour = marker.read_text().split()
     assert (status, name, colour) == ("Succeeded", result.name, "red")
@@ -196,9 +221,16 @@ def test_unsupported_constructs_are_refused_by_name_before_anything_runs(tmp_pat
 
 
 def test_parameters_are_checked_like_argo_submit(tmp_path: Path) -> None:
-    manifest = workflow([{"name": "a", "template": "noop"}], [script("noop", "pass")],
-                        arguments={"parameters": [{"name": "epochs", "value": "1"},
-                                                  {"name": "target", "value": "local", "enum": ["local", "kserve"]}]})  # fmt: skip
+    manifest = workflow(
+        [{"name": "a", "template": "noop"}],
+        [script("noop", "pass")],
+        arguments={
+            "parameters": [
+                {"name": "epochs", "value": "1"},
+                {"name": "target", "value": "local", "enum": ["local", "kserve"]},
+            ]
+        },
+    )
     with pytest.raises(UserError, match="unknown parameter epoch: the workflow takes epochs, target"):
         Engine(manifest, tmp_path / "runs", {"epoch": "3"})
     with pytest.raises(UserError, match="target='gke' must be one of local, kserve"):

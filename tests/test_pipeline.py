@@ -46,8 +46,14 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     assert first.returncode == 0, first.stderr
     run = record(workdir, "first")
     assert run["phase"] == "Succeeded"
-    assert phases(run) == {"fetch-dataset": "Succeeded", "train": "Succeeded", "evaluate": "Succeeded",
-                           "gate": "Succeeded", "rollout": "Succeeded", "onExit": "Succeeded"}  # fmt: skip
+    assert phases(run) == {
+        "fetch-dataset": "Succeeded",
+        "train": "Succeeded",
+        "evaluate": "Succeeded",
+        "gate": "Succeeded",
+        "rollout": "Succeeded",
+        "onExit": "Succeeded",
+    }
     registry = Registry(open_store(str(workdir / "store")))
     production = registry.alias("production")
     assert production is not None and production["version"] == run["outputs"]["parameters"]["model_version"]
@@ -76,8 +82,9 @@ def test_a_step_killed_mid_way_leaves_the_store_consistent_and_a_rerun_succeeds(
     train = next(t for t in crashing["spec"]["templates"] if t["name"] == "train")
     train["activeDeadlineSeconds"] = 8  # killed while fitting
     (workdir / "crashing.yaml").write_text(yaml.safe_dump(crashing))
-    crashed = fashion(workdir, "run", "--file", "crashing.yaml", "-p", "train_limit=30000", "-p", "epochs=5",
-                      "--name", "crashed")  # fmt: skip
+    crashed = fashion(
+        workdir, "run", "--file", "crashing.yaml", "-p", "train_limit=30000", "-p", "epochs=5", "--name", "crashed"
+    )
     assert crashed.returncode == 1
     run = record(workdir, "crashed")
     assert run["phase"] == "Failed" and phases(run)["train"] == "Failed" and phases(run)["onExit"] == "Succeeded"

@@ -30,8 +30,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> dict
 
 
 def test_training_on_a_real_subset_reaches_sane_accuracy_on_the_real_test_split(trained: dict[str, Any]) -> None:
-    metrics = evaluate(trained["dataset"].uri, trained["registry"], trained["result"].version, None,
-                       trained["root"] / "evaluate").metrics  # fmt: skip
+    metrics = evaluate(
+        trained["dataset"].uri, trained["registry"], trained["result"].version, None, trained["root"] / "evaluate"
+    ).metrics
     assert metrics["dataset"]["test_examples"] == 10000
     assert metrics["candidate"]["accuracy"] > 0.75
     assert metrics["champion"] is None and metrics["comparison"] is None
@@ -41,8 +42,9 @@ def test_training_on_a_real_subset_reaches_sane_accuracy_on_the_real_test_split(
     out = trained["root"] / "evaluate"
     assert (out / "confusion-matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "confusion-matrix.json").read_text())["classes"][9] == "Ankle boot"
-    assert trained["registry"].records(trained["result"].version, "evaluations")[0]["candidate"]["accuracy"] == (
-        metrics["candidate"]["accuracy"]
+    assert (
+        trained["registry"].records(trained["result"].version, "evaluations")[0]["candidate"]["accuracy"]
+        == (metrics["candidate"]["accuracy"])
     )
 
 
@@ -81,10 +83,16 @@ def test_training_writes_history_curve_and_model_card(trained: dict[str, Any]) -
 
 def test_champion_is_evaluated_on_the_same_split_with_mcnemar(trained: dict[str, Any]) -> None:
     registry: Registry = trained["registry"]
-    weaker = train(trained["dataset"].uri, registry, TrainParams(epochs=1, train_limit=500, seed=2),
-                   trained["root"] / "weak", code_version="test")  # fmt: skip
-    metrics = evaluate(trained["dataset"].uri, registry, weaker.version, trained["result"].version,
-                       trained["root"] / "compare").metrics  # fmt: skip
+    weaker = train(
+        trained["dataset"].uri,
+        registry,
+        TrainParams(epochs=1, train_limit=500, seed=2),
+        trained["root"] / "weak",
+        code_version="test",
+    )
+    metrics = evaluate(
+        trained["dataset"].uri, registry, weaker.version, trained["result"].version, trained["root"] / "compare"
+    ).metrics
     comparison = metrics["comparison"]
     assert metrics["champion"]["version"] == trained["result"].version
     assert comparison["accuracy_delta"] == pytest.approx(

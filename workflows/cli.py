@@ -35,6 +35,7 @@ class YesNo(StrEnum):
     yes = "true"
     no = "false"
 
+
 log = logging.getLogger("fashion_pipeline")
 
 
@@ -280,8 +281,9 @@ def rollout(
     from steps.rollout import rollout as run_rollout
 
     registry = _registry()
-    record = run_rollout(registry, registry.resolve(model), _default_dataset(dataset), target, canary_percent,
-                         reason, out)  # fmt: skip
+    record = run_rollout(
+        registry, registry.resolve(model), _default_dataset(dataset), target, canary_percent, reason, out
+    )
     _write_outputs(out, {"outcome": record["outcome"], "served_version": record.get("served_version", "")})
     _summary({"outcome": record["outcome"], "version": record["version"], "target": target})
 

@@ -36,15 +36,46 @@ from steps.errors import UserError
 _SUPPORTED: dict[str, tuple[set[str], set[str]]] = {
     "spec": (
         {"entrypoint", "arguments", "templates", "onExit", "activeDeadlineSeconds"},
-        {"serviceAccountName", "podGC", "ttlStrategy", "securityContext", "podMetadata", "workflowMetadata",
-         "artifactRepositoryRef", "imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priority",
-         "podPriorityClassName", "metrics"},
+        {
+            "serviceAccountName",
+            "podGC",
+            "ttlStrategy",
+            "securityContext",
+            "podMetadata",
+            "workflowMetadata",
+            "artifactRepositoryRef",
+            "imagePullSecrets",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "priority",
+            "podPriorityClassName",
+            "metrics",
+        },
     ),
     "template": (
-        {"name", "inputs", "outputs", "container", "script", "dag", "retryStrategy", "activeDeadlineSeconds",
-         "synchronization"},
-        {"metrics", "metadata", "nodeSelector", "tolerations", "affinity", "podSpecPatch", "securityContext",
-         "serviceAccountName", "automountServiceAccountToken"},
+        {
+            "name",
+            "inputs",
+            "outputs",
+            "container",
+            "script",
+            "dag",
+            "retryStrategy",
+            "activeDeadlineSeconds",
+            "synchronization",
+        },
+        {
+            "metrics",
+            "metadata",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "podSpecPatch",
+            "securityContext",
+            "serviceAccountName",
+            "automountServiceAccountToken",
+        },
     ),
     "container": (
         {"image", "command", "args", "env", "workingDir", "source"},
@@ -437,13 +468,15 @@ class Engine:
 
     def _global_scope(self) -> dict[str, str]:
         scope = {f"workflow.parameters.{k}": v for k, v in self.run.parameters.items()}
-        scope.update({
-            "workflow.name": self.run.name,
-            "workflow.namespace": self.manifest.get("metadata", {}).get("namespace", "default"),
-            "workflow.uid": self.run.name,
-            "workflow.creationTimestamp": _iso(self.run.started) or "",
-            "workflow.serviceAccountName": self.manifest["spec"].get("serviceAccountName", "default"),
-        })  # fmt: skip
+        scope.update(
+            {
+                "workflow.name": self.run.name,
+                "workflow.namespace": self.manifest.get("metadata", {}).get("namespace", "default"),
+                "workflow.uid": self.run.name,
+                "workflow.creationTimestamp": _iso(self.run.started) or "",
+                "workflow.serviceAccountName": self.manifest["spec"].get("serviceAccountName", "default"),
+            }
+        )
         scope.update({f"workflow.outputs.parameters.{k}": v for k, v in self.run.global_outputs.items()})
         return scope
 
@@ -646,10 +679,14 @@ class Engine:
         where = f"{node.name}"
         container_paths = self._container_paths(template)
         try:
-            command = [self._path_map(substitute(c, scope, f"{where}.command"), container_paths, out_dir)
-                       for c in body.get("command", [])]  # fmt: skip
-            args = [self._path_map(substitute(a, scope, f"{where}.args"), container_paths, out_dir)
-                    for a in body.get("args", [])]  # fmt: skip
+            command = [
+                self._path_map(substitute(c, scope, f"{where}.command"), container_paths, out_dir)
+                for c in body.get("command", [])
+            ]
+            args = [
+                self._path_map(substitute(a, scope, f"{where}.args"), container_paths, out_dir)
+                for a in body.get("args", [])
+            ]
             env = self._environment(body.get("env", []), scope, where, container_paths, out_dir)
         except UserError as exc:
             return "Error", str(exc)
@@ -665,8 +702,14 @@ class Engine:
         timeout = self._timeout(template)
         with open(log_path, "wb") as log:
             try:
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        cwd=body.get("workingDir") or attempt_dir, start_new_session=True)  # fmt: skip
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=body.get("workingDir") or attempt_dir,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 return "Error", f"cannot start {argv[0]}: {exc.strerror}"
             try:
@@ -739,8 +782,9 @@ class Engine:
             if "valueFrom" in item:
                 # Secrets live in the cluster; locally the same variable comes from this environment.
                 continue
-            value = self._path_map(substitute(str(item.get("value", "")), scope, f"{where}.env.{item['name']}"),
-                                   paths, out_dir)  # fmt: skip
+            value = self._path_map(
+                substitute(str(item.get("value", "")), scope, f"{where}.env.{item['name']}"), paths, out_dir
+            )
             if value == "" and item["name"] in os.environ:
                 continue  # an empty default does not hide a locally configured value
             result[item["name"]] = value

@@ -1,8 +1,8 @@
 """The WorkflowTemplate `fashion-mnist-train-deploy`, read top to bottom like the DAG it draws:
 
-    fetch-dataset ─► train ─► evaluate ─► gate ─┬─(when decision == promote)─► rollout
-                                                └─(otherwise: rollout is Skipped)
-    onExit: report
+fetch-dataset ─► train ─► evaluate ─► gate ─┬─(when decision == promote)─► rollout
+                                            └─(otherwise: rollout is Skipped)
+onExit: report
 """
 
 from __future__ import annotations

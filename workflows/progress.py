@@ -11,8 +11,15 @@ from rich.table import Table
 
 from workflows.engine import Run
 
-_STYLE = {"Succeeded": "green", "Failed": "red", "Error": "red", "Running": "yellow", "Skipped": "dim",
-          "Omitted": "dim", "Pending": "dim"}  # fmt: skip
+_STYLE = {
+    "Succeeded": "green",
+    "Failed": "red",
+    "Error": "red",
+    "Running": "yellow",
+    "Skipped": "dim",
+    "Omitted": "dim",
+    "Pending": "dim",
+}
 
 
 def _table(run: Run) -> Table:
@@ -69,6 +76,3 @@ class Progress:
         elapsed = (run.finished or 0) - run.started
         record = run.directory / "workflow.json"
         self.console.print(f"{run.name} {run.phase}{message} in {elapsed:.1f}s; record: {record}")
-
-
-

@@ -91,8 +91,16 @@ def _step(name: str, *, cpu: str, memory: str, deadline: int, **kwargs: object) 
 FETCH_INPUTS = ("data_url",)
 TRAIN_INPUTS = ("dataset", "epochs", "batch_size", "learning_rate", "seed", "architecture", "train_limit", "precision")
 EVALUATE_INPUTS = ("dataset", "model")
-GATE_INPUTS = ("metrics", "min_accuracy", "min_class_recall", "min_delta", "alpha", "allow_equal", "tolerance",
-               "first_run")  # fmt: skip
+GATE_INPUTS = (
+    "metrics",
+    "min_accuracy",
+    "min_class_recall",
+    "min_delta",
+    "alpha",
+    "allow_equal",
+    "tolerance",
+    "first_run",
+)
 ROLLOUT_INPUTS = ("model", "dataset", "target", "canary_percent", "reason")
 
 
@@ -203,7 +211,16 @@ def report() -> Container:
         cpu="250m",
         memory="512Mi",
         deadline=300,
-        args=["report", "--workflow", "{{workflow.name}}", "--status", "{{workflow.status}}",
-              "--failures", "{{workflow.failures}}", "--out", OUTPUTS],
+        args=[
+            "report",
+            "--workflow",
+            "{{workflow.name}}",
+            "--status",
+            "{{workflow.status}}",
+            "--failures",
+            "{{workflow.failures}}",
+            "--out",
+            OUTPUTS,
+        ],
         outputs=[_report("summary", "summary.md")],
     )

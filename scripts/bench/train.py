@@ -34,8 +34,11 @@ def run(label: str, params: TrainParams, dataset_uri: str, registry: Registry, s
     metrics = evaluate(dataset_uri, registry, result.version, None, scratch / label / "evaluate").metrics
     total = time.perf_counter() - started
     accuracy = metrics["candidate"]["accuracy"]
-    print(f"{label:<10} {params.architecture:<10} {params.precision:<15} epochs {params.epochs:>2}  "
-          f"accuracy {accuracy:.4f}  train {train_wall:6.1f} s  train+evaluate {total:6.1f} s", flush=True)  # fmt: skip
+    print(
+        f"{label:<10} {params.architecture:<10} {params.precision:<15} epochs {params.epochs:>2}  "
+        f"accuracy {accuracy:.4f}  train {train_wall:6.1f} s  train+evaluate {total:6.1f} s",
+        flush=True,
+    )
     return {"accuracy": accuracy, "train": train_wall, "total": total}
 
 
@@ -54,13 +57,22 @@ def main() -> None:
         params = replace(TrainParams(), epochs=args.epochs)
         ours = run("default", params, dataset.uri, registry, scratch)
         verdict = "PASS" if ours["accuracy"] >= 0.92 and ours["total"] <= 180 else "MISS"
-        print(f"target >= 92.0% in <= 180 s: {verdict}; aim 93.5% in <= 120 s: "
-              f"{'PASS' if ours['accuracy'] >= 0.935 and ours['total'] <= 120 else 'MISS'}")  # fmt: skip
+        print(
+            f"target >= 92.0% in <= 180 s: {verdict}; aim 93.5% in <= 120 s: "
+            f"{'PASS' if ours['accuracy'] >= 0.935 and ours['total'] <= 120 else 'MISS'}"
+        )
         if not args.no_baseline:
-            baseline = run("baseline", replace(params, architecture="small-cnn", precision="float32"),
-                           dataset.uri, registry, scratch)  # fmt: skip
-            print(f"default vs baseline: accuracy {ours['accuracy'] - baseline['accuracy']:+.4f}, "
-                  f"wall time x{ours['total'] / baseline['total']:.2f}")  # fmt: skip
+            baseline = run(
+                "baseline",
+                replace(params, architecture="small-cnn", precision="float32"),
+                dataset.uri,
+                registry,
+                scratch,
+            )
+            print(
+                f"default vs baseline: accuracy {ours['accuracy'] - baseline['accuracy']:+.4f}, "
+                f"wall time x{ours['total'] / baseline['total']:.2f}"
+            )
 
 
 if __name__ == "__main__":
