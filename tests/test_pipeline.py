@@ -110,6 +110,13 @@ def test_committed_argo_manifests_are_up_to_date() -> None:
     assert rendered() == rendered()  # deterministic
 
 
+def test_committed_argo_manifests_pass_lint() -> None:
+    schemas = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
+    proc = subprocess.run([CLI, "lint", "--schemas", str(schemas)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "argo: no problems"
+
+
 def test_render_check_names_the_stale_file(tmp_path: Path) -> None:
     shutil.copytree(REPO / "argo", tmp_path / "argo")
     (tmp_path / "argo" / "cron-workflow.yaml").write_text("# hand-edited\n")

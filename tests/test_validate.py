@@ -16,6 +16,8 @@ from workflows.validate import Problem, SchemasMissing, Validator, lint_paths
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 
+if not SCHEMAS.is_dir() and os.environ.get("CI"):
+    raise RuntimeError(f"CI needs the pinned schemas at {SCHEMAS}: set FASHION_PIPELINE_SCHEMAS")
 pytestmark = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"no schemas at {SCHEMAS}")
 
 # Loaded once: the schemas are parsed lazily and cached by the validator.
