@@ -153,27 +153,36 @@ class Registry:
         return [self.store.read_json(key) for key in self.store.list(prefix) if key.endswith(".json")]
 
     def alias(self, alias: str) -> dict[str, Any] | None:
+        """The alias pointer, or None if the alias was never set or was cleared."""
         try:
-            return self.store.read_json(f"{self._root}/aliases/{alias}.json")
+            pointer = self.store.read_json(f"{self._root}/aliases/{alias}.json")
         except NotFound:
             return None
+        return pointer if pointer.get("version") else None
 
-    def set_alias(self, alias: str, version: str, reason: str, actor: str) -> dict[str, Any]:
-        """Point `alias` at `version` in one atomic write, after logging the change append-only."""
+    def set_alias(
+        self, alias: str, version: str | None, reason: str, actor: str, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Point `alias` at `version` (None clears it) in one atomic write, after logging the change append-only.
+
+        `extra` travels with the pointer (the canary alias carries its traffic percent).
+        """
         if not alias or not set(alias) <= ALIAS_RE_CHARS:
             raise UserError(f"alias {alias!r} must be lowercase letters, digits and dashes")
         if not reason.strip():
             raise UserError("changing an alias needs a reason (it is kept in the alias history)")
-        self.require(version)
+        if version is not None:
+            self.require(version)
         current = self.alias(alias)
         entry = {
+            **(extra or {}),
             "alias": alias,
             "version": version,
             "previous": current["version"] if current else None,
             "reason": reason,
             "actor": actor,
             "updated": utc_now(),
-            "storage_uri": self.version_uri(version),
+            "storage_uri": self.version_uri(version) if version else None,
         }
         history_key = f"{self._root}/aliases/history/{_stamp()}-{alias}.json"
         self.store.write_json(history_key, entry)

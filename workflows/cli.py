@@ -394,6 +394,49 @@ def lint(
     typer.echo(f"{', '.join(map(str, targets))}: no problems")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (only this machine by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    poll: Annotated[float, typer.Option(help="Seconds between checks of the registry's aliases.")] = 2.0,
+) -> None:
+    """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics)."""
+    registry = _registry()
+    if registry.alias("production") is None:
+        raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
+    sys.argv = sys.argv[:1]  # `import kserve` parses the command line
+    from steps.serving import serve as run_server
+
+    run_server(registry, host, port, poll)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files, any size.")],
+    url: Annotated[str, typer.Option(help="The model server or InferenceService URL.")] = "http://127.0.0.1:8080",
+    protocol: Annotated[str, typer.Option(help="v1 (TF Serving JSON) or v2 (Open Inference Protocol).")] = "v1",
+    host_header: Annotated[
+        str | None, typer.Option(help="Host header, for an InferenceService behind an ingress.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 10.0,
+) -> None:
+    """Classify images with a running model server; prints class and probability per image."""
+    import numpy as np
+
+    from steps.client import PredictionClient, load_image
+
+    batch = np.stack([load_image(path) for path in images])
+    client = PredictionClient(url, protocol=protocol, timeout=timeout, host_header=host_header)
+    predictions = client.predict(batch)
+    width = max(len(str(path)) for path in images)
+    typer.echo(f"{'image':<{width}}  {'class':<12} {'probability':>11}  version")
+    for path, prediction in zip(images, predictions, strict=True):
+        typer.echo(
+            f"{path!s:<{width}}  {prediction.class_name:<12} {prediction.probability:>11.4f}  "
+            f"{prediction.version or '-'}"
+        )
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Registered versions with their accuracy and aliases."""

@@ -1,0 +1,163 @@
+"""A client for the model server (ours, or KServe's TF Serving runtime), V1 and V2 protocols.
+
+Images of any size are converted the way Fashion-MNIST was made: grayscale, the object
+trimmed, its longest side scaled to 28 pixels and centred, light-on-dark.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steps.dataset import CLASS_NAMES
+from steps.errors import UserError
+
+PROTOCOLS = ("v1", "v2")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    probabilities: list[float]
+    version: str | None  # from the X-Model-Version header, when the server sends it
+
+    @property
+    def class_name(self) -> str:
+        return CLASS_NAMES[self.class_id]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.class_id]
+
+
+class ClientError(UserError):
+    """The server refused the request or could not be reached."""
+
+
+class PredictionClient:
+    def __init__(
+        self,
+        url: str,
+        protocol: str = "v1",
+        model: str = "fashion-mnist",
+        timeout: float = 10.0,
+        retries: int = 3,
+        batch_size: int = 64,
+        host_header: str | None = None,
+    ) -> None:
+        import requests
+
+        if protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {protocol!r}: use v1 or v2")
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"server URL {url!r} must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.model = model
+        self.timeout = timeout
+        self.retries = retries
+        self.batch_size = batch_size
+        self.session = requests.Session()
+        if host_header:
+            self.session.headers["Host"] = host_header  # KServe behind an ingress routes by Host
+
+    @property
+    def endpoint(self) -> str:
+        if self.protocol == "v1":
+            return f"{self.url}/v1/models/{self.model}:predict"
+        return f"{self.url}/v2/models/{self.model}/infer"
+
+    def predict(self, images: np.ndarray) -> list[Prediction]:
+        """Predictions for float32 [N,28,28] raw pixels, sent in batches of `batch_size`."""
+        results: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            results += self._predict_batch(np.asarray(images[start : start + self.batch_size], np.float32))
+        return results
+
+    def _body(self, batch: np.ndarray) -> dict[str, Any]:
+        if self.protocol == "v1":
+            return {"instances": batch.tolist()}
+        return {
+            "id": str(uuid.uuid4()),
+            "inputs": [
+                {"name": "image", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+            ],
+        }
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        import requests
+
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                return self.session.post(self.endpoint, json=body, timeout=self.timeout)
+            except requests.ConnectionError as exc:  # refused or reset: the request never ran
+                if attempt == self.retries:
+                    raise ClientError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
+                time.sleep(delay)
+                delay *= 2
+            except requests.Timeout as exc:
+                raise ClientError(f"{self.endpoint} did not answer within {self.timeout:g}s") from exc
+        raise AssertionError("unreachable")
+
+    def _predict_batch(self, batch: np.ndarray) -> list[Prediction]:
+        response = self._post(self._body(batch))
+        if response.status_code != 200:
+            try:
+                detail = response.json().get("error", response.text)
+            except ValueError:
+                detail = response.text
+            raise ClientError(f"{self.endpoint} answered {response.status_code}: {str(detail)[:300]}")
+        version = response.headers.get("X-Model-Version")
+        data = response.json()
+        if self.protocol == "v1":
+            return [Prediction(int(p["class_id"]), list(p["probabilities"]), version) for p in data["predictions"]]
+        outputs = {o["name"]: o for o in data["outputs"]}
+        probabilities = np.asarray(outputs["probabilities"]["data"], np.float32).reshape(-1, 10)
+        class_ids = np.asarray(outputs["class_id"]["data"], np.int64)
+        return [
+            Prediction(int(c), p.tolist(), version or data.get("model_version"))
+            for p, c in zip(probabilities, class_ids, strict=True)
+        ]
+
+
+def load_image(path: Path) -> np.ndarray:
+    """A PNG/JPEG of any size as Fashion-MNIST-like float32 [28,28] raw pixels (light object, dark ground)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = np.asarray(image.convert("L"), np.float32)
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: no such file") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable PNG or JPEG image ({exc})") from exc
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:  # a product photo on a light background: Fashion-MNIST is negated
+        gray = 255 - gray
+    if gray.shape == (28, 28):
+        return gray
+    return _fit_28(gray)
+
+
+def _fit_28(gray: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    mask = gray > 0.1 * max(float(gray.max()), 1.0)
+    if mask.any():
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        gray = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = gray.shape
+    scale = 28 / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = np.asarray(Image.fromarray(gray.astype(np.uint8)).resize(size, Image.LANCZOS), np.float32)
+    canvas = np.zeros((28, 28), np.float32)
+    top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
+    canvas[top : top + size[1], left : left + size[0]] = resized
+    return canvas

@@ -1,0 +1,304 @@
+"""The local model server: KServe's Python ModelServer serving `fashion-mnist` from the registry.
+
+- V1 `POST /v1/models/fashion-mnist:predict` answers like TF Serving for our SavedModel:
+  `{"predictions": [{"probabilities": [...], "class_id": k}, ...]}`; V2 `POST .../infer` too.
+- Production is the registry's `production` alias; a `canary` alias with a `percent` takes
+  that share of requests (like KServe's `canaryTrafficPercent`). Every answer names the
+  version that served it in the `X-Model-Version` header.
+- Alias changes are picked up by a watcher: the new version is loaded and warmed in the
+  background, then swapped in with one reference assignment; a version that fails to load is
+  never swapped in, and the old one keeps serving.
+- Bad requests get a 4xx with a JSON error, never a 5xx.
+
+Import this module only in the server process: `import kserve` parses `sys.argv`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from steps.errors import UserError
+from steps.model import load_serving_function
+from steps.registry import MODEL_NAME, Registry
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256  # images per request
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a full batch as JSON text is ~1.2 MB
+VERSION_HEADER = "X-Model-Version"
+ROLE_HEADER = "X-Model-Role"
+
+
+class BadRequest(ValueError):
+    """The request is wrong; the message says how."""
+
+
+def parse_v1(body: Any) -> np.ndarray:
+    """V1 `{"instances": [...]}` → float32 [N,28,28]; each instance is 28x28, 784 values or {"image": ...}."""
+    if isinstance(body, bytes | str):
+        raise BadRequest("the body is not valid JSON")
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object {"instances": [...]}')
+    if set(body) != {"instances"}:
+        unexpected = ", ".join(map(repr, sorted(set(body) - {"instances"})))
+        raise BadRequest(
+            f'unexpected key(s) {unexpected}: send {{"instances": [...]}}' if unexpected else 'missing "instances"'
+        )
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise BadRequest('"instances" must be a list of images')
+    if isinstance(instances[0] if instances else None, dict):
+        if not all(isinstance(i, dict) and set(i) == {"image"} for i in instances):
+            raise BadRequest('named instances must each be {"image": [...]}')
+        instances = [i["image"] for i in instances]
+    return to_images(instances)
+
+
+def to_images(values: Any, shape: list[int] | None = None) -> np.ndarray:
+    """Validate pixel data: [N,28,28] or [N,784], numbers in 0..255, 1 <= N <= MAX_BATCH."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"instances are not a regular array of numbers ({exc})") from exc
+    if array.dtype.kind not in "iuf":
+        raise BadRequest("pixel values must be numbers")
+    if shape is not None:
+        if array.ndim != 1 or math.prod(shape) != array.size:
+            raise BadRequest(f"data holds {array.size} values but shape {shape} needs {math.prod(shape)}")
+        array = array.reshape(shape)
+    if array.ndim >= 1 and len(array) == 0:
+        raise BadRequest("the batch is empty: send at least one image")
+    if array.ndim == 2 and array.shape[1] == 784:
+        array = array.reshape(-1, 28, 28)
+    if array.ndim != 3 or array.shape[1:] != (28, 28):
+        raise BadRequest(f"images must be [N,28,28] or [N,784], got {list(array.shape)}")
+    if len(array) > MAX_BATCH:
+        raise BadRequest(f"batch of {len(array)} images is over the maximum of {MAX_BATCH}: split it")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise BadRequest("pixel values must be finite (no NaN or infinity)")
+    if array.min() < 0 or array.max() > 255:
+        raise BadRequest("pixel values must be in 0..255 (raw pixels, as in the training data)")
+    return array
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: str
+    serve: Any  # the SavedModel's serving_default
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import tensorflow as tf
+
+        out = self.serve(image=tf.constant(images))
+        return out["probabilities"].numpy(), out["class_id"].numpy()
+
+
+def load_version(registry: Registry, version: str) -> Loaded:
+    """Load and warm a version: the first calls trace and allocate, so requests never pay for them."""
+    loaded = Loaded(version=version, serve=load_serving_function(registry.local_model_dir(version)))
+    for batch in (1, 32):
+        loaded.predict(np.zeros((batch, 28, 28), np.float32))
+    return loaded
+
+
+class Router:
+    """Which version answers: production, or the canary for its share of requests."""
+
+    def __init__(self) -> None:
+        self.production: Loaded | None = None
+        self.canary: Loaded | None = None
+        self.percent = 0
+        self._credit = 0
+        self._lock = threading.Lock()
+
+    def pick(self) -> tuple[Loaded, str]:
+        production, canary, percent = self.production, self.canary, self.percent
+        if production is None:
+            raise RuntimeError("no model loaded")
+        if canary is None or percent <= 0:
+            return production, "production"
+        # Smooth weighted round-robin: exactly `percent` of every 100 requests go to the canary.
+        with self._lock:
+            self._credit += percent
+            if self._credit >= 100:
+                self._credit -= 100
+                return canary, "canary"
+        return production, "production"
+
+
+class AliasWatcher:
+    """Keeps the router in step with the registry's aliases."""
+
+    def __init__(self, registry: Registry, router: Router) -> None:
+        self.registry = registry
+        self.router = router
+        self.cache: dict[str, Loaded] = {}
+        self.failed: set[str] = set()
+
+    def _get(self, version: str) -> Loaded | None:
+        if version in self.cache:
+            return self.cache[version]
+        if version in self.failed:
+            return None
+        try:
+            loaded = load_version(self.registry, version)
+        except Exception as exc:  # any failure to load must leave the old version serving
+            self.failed.add(version)
+            log.error(
+                "version %s failed to load; still serving %s: %s",
+                version,
+                self.router.production.version if self.router.production else "nothing",
+                exc,
+            )
+            return None
+        self.cache = {v: lv for v, lv in self.cache.items() if v in self._wanted()} | {version: loaded}
+        return loaded
+
+    def _wanted(self) -> set[str]:
+        return {lv.version for lv in (self.router.production, self.router.canary) if lv}
+
+    def sync(self) -> None:
+        """Load what the aliases name (in this thread), then swap references."""
+        production = self.registry.alias("production")
+        if production is None:
+            if self.router.production is None:
+                raise UserError(f"nothing to serve: the registry at {self.registry.store.uri} has no production model")
+        elif self.router.production is None or production["version"] != self.router.production.version:
+            loaded = self._get(production["version"])
+            if loaded is not None:
+                previous = self.router.production.version if self.router.production else None
+                self.router.production = loaded
+                log.info("production is now %s (was %s)", loaded.version, previous or "nothing")
+        canary = self.registry.alias("canary")
+        if canary is None:
+            if self.router.canary is not None:
+                log.info("canary %s removed", self.router.canary.version)
+            self.router.canary, self.router.percent = None, 0
+        else:
+            percent = int(canary.get("percent", 0))
+            current = self.router.canary
+            if current is None or current.version != canary["version"]:
+                loaded = self._get(canary["version"])
+                if loaded is not None:
+                    self.router.canary, self.router.percent = loaded, percent
+                    log.info("canary %s takes %d%% of requests", loaded.version, percent)
+            elif percent != self.router.percent:
+                self.router.percent = percent
+                log.info("canary %s now takes %d%% of requests", current.version, percent)
+
+
+def build_model(registry: Registry, poll_seconds: float) -> Any:
+    """The kserve.Model serving `fashion-mnist` (kserve is imported here, in the server process)."""
+    import kserve
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    router = Router()
+    watcher = AliasWatcher(registry, router)
+
+    class FashionModel(kserve.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(MODEL_NAME, return_response_headers=True)
+            self._watch_task: asyncio.Task[None] | None = None
+
+        def load(self) -> bool:
+            watcher.sync()
+            self.ready = router.production is not None
+            return self.ready
+
+        async def watch(self) -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(poll_seconds)
+                try:
+                    await loop.run_in_executor(None, watcher.sync)
+                except Exception as exc:  # the watcher must survive a flaky store
+                    log.warning("alias check failed: %s", exc)
+
+        async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+            if self._watch_task is None:
+                self._watch_task = asyncio.get_running_loop().create_task(self.watch())
+            try:
+                if isinstance(payload, InferRequest):
+                    if len(payload.inputs) != 1:
+                        raise BadRequest("send exactly one input tensor (the images)")
+                    tensor = payload.inputs[0]
+                    return ("v2", payload.id, to_images(tensor.data, list(tensor.shape)))
+                return ("v1", None, parse_v1(payload))
+            except BadRequest as exc:
+                raise InvalidInput(str(exc)) from exc
+
+        async def predict(
+            self, request: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
+        ) -> Any:
+            protocol, request_id, images = request
+            served, role = router.pick()
+            loop = asyncio.get_running_loop()
+            probabilities, class_id = await loop.run_in_executor(None, served.predict, images)
+            if response_headers is not None:
+                response_headers[VERSION_HEADER] = served.version
+                response_headers[ROLE_HEADER] = role
+            if protocol == "v1":
+                return {
+                    "predictions": [
+                        {"probabilities": p.tolist(), "class_id": int(c)}
+                        for p, c in zip(probabilities, class_id, strict=True)
+                    ]
+                }
+            outputs = [
+                InferOutput("probabilities", list(probabilities.shape), "FP32", probabilities),
+                InferOutput("class_id", list(class_id.shape), "INT64", class_id),
+            ]
+            return InferResponse(
+                response_id=request_id or str(uuid.uuid4()),
+                model_name=MODEL_NAME,
+                model_version=served.version,
+                infer_outputs=outputs,
+            )
+
+    return FashionModel()
+
+
+def serve(registry: Registry, host: str, port: int, poll_seconds: float = 2.0) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM."""
+    from kserve.model_repository import ModelRepository
+    from kserve.model_server import app
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+    from starlette.responses import JSONResponse
+
+    model = build_model(registry, poll_seconds)
+    model.load()
+    repository = ModelRepository()
+    repository.update(model)
+
+    @app.middleware("http")
+    async def cap_body(request: Any, call_next: Any) -> Any:
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"error": "send a Content-Length header"}, status_code=411)
+            if int(length) > MAX_BODY_BYTES:
+                message = f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte cap: send smaller batches"
+                return JSONResponse({"error": message}, status_code=413)
+        return await call_next(request)
+
+    server = RESTServer(
+        "kserve.model_server:app",
+        DataPlane(model_registry=repository),
+        ModelRepositoryExtension(model_registry=repository),
+        http_port=port,
+    )
+    server.config.host = host  # KServe binds 0.0.0.0; we bind what we were told
+    log.info("serving %s on http://%s:%d", MODEL_NAME, host, port)
+    asyncio.run(server.start())
