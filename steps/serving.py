@@ -35,6 +35,7 @@ MAX_BATCH = 256  # images per request
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a full batch as JSON text is ~1.2 MB
 VERSION_HEADER = "X-Model-Version"
 ROLE_HEADER = "X-Model-Role"
+ROUTE_HEADER = "X-Model-Route"  # a request may pin `canary` or `production`, like KServe's tag URLs
 
 
 class BadRequest(ValueError):
@@ -120,10 +121,15 @@ class Router:
         self._credit = 0
         self._lock = threading.Lock()
 
-    def pick(self) -> tuple[Loaded, str]:
+    def pick(self, route: str = "") -> tuple[Loaded, str]:
+        """`route` 'canary' or 'production' pins the choice (for probing); otherwise traffic is split."""
         production, canary, percent = self.production, self.canary, self.percent
         if production is None:
             raise RuntimeError("no model loaded")
+        if route == "canary" and canary is not None:
+            return canary, "canary"
+        if route == "production":
+            return production, "production"
         if canary is None or percent <= 0:
             return production, "production"
         # Smooth weighted round-robin: exactly `percent` of every 100 requests go to the canary.
@@ -196,14 +202,33 @@ class AliasWatcher:
                 log.info("canary %s now takes %d%% of requests", current.version, percent)
 
 
-def build_model(registry: Registry, poll_seconds: float) -> Any:
-    """The kserve.Model serving `fashion-mnist` (kserve is imported here, in the server process)."""
+def load_storage_uri(storage_uri: str) -> Loaded:
+    """A fixed version from its root (what KServe's `storageUri` names): `<root>/1` is the SavedModel."""
+    import tempfile
+    from pathlib import Path
+
+    from steps.storage import FileStore, open_store
+
+    root = open_store(storage_uri)
+    model_dir = (
+        root.root / "1"
+        if isinstance(root, FileStore)
+        else root.download_dir("1", Path(tempfile.mkdtemp(prefix="served-")) / "1")
+    )
+    loaded = Loaded(version=storage_uri.rstrip("/").rsplit("/", 1)[-1], serve=load_serving_function(model_dir))
+    for batch in (1, 32):
+        loaded.predict(np.zeros((batch, 28, 28), np.float32))
+    return loaded
+
+
+def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: float) -> Any:
+    """The kserve.Model serving `fashion-mnist` (kserve is imported here, in the server process).
+
+    With a watcher the versions follow the registry's aliases; without, the router's model is fixed.
+    """
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-
-    router = Router()
-    watcher = AliasWatcher(registry, router)
 
     class FashionModel(kserve.Model):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -211,7 +236,8 @@ def build_model(registry: Registry, poll_seconds: float) -> Any:
             self._watch_task: asyncio.Task[None] | None = None
 
         def load(self) -> bool:
-            watcher.sync()
+            if watcher is not None:
+                watcher.sync()
             self.ready = router.production is not None
             return self.ready
 
@@ -220,12 +246,12 @@ def build_model(registry: Registry, poll_seconds: float) -> Any:
             while True:
                 await asyncio.sleep(poll_seconds)
                 try:
-                    await loop.run_in_executor(None, watcher.sync)
+                    await loop.run_in_executor(None, watcher.sync)  # type: ignore[union-attr]
                 except Exception as exc:  # the watcher must survive a flaky store
                     log.warning("alias check failed: %s", exc)
 
         async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            if self._watch_task is None:
+            if self._watch_task is None and watcher is not None:
                 self._watch_task = asyncio.get_running_loop().create_task(self.watch())
             try:
                 if isinstance(payload, InferRequest):
@@ -241,7 +267,7 @@ def build_model(registry: Registry, poll_seconds: float) -> Any:
             self, request: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
         ) -> Any:
             protocol, request_id, images = request
-            served, role = router.pick()
+            served, role = router.pick((headers or {}).get(ROUTE_HEADER.lower(), ""))
             loop = asyncio.get_running_loop()
             probabilities, class_id = await loop.run_in_executor(None, served.predict, images)
             if response_headers is not None:
@@ -268,8 +294,8 @@ def build_model(registry: Registry, poll_seconds: float) -> Any:
     return FashionModel()
 
 
-def serve(registry: Registry, host: str, port: int, poll_seconds: float = 2.0) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM."""
+def serve(registry: Registry | None, host: str, port: int, poll_seconds: float = 2.0, storage_uri: str = "") -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM: the registry's aliases, or one fixed version."""
     from kserve.model_repository import ModelRepository
     from kserve.model_server import app
     from kserve.protocol.dataplane import DataPlane
@@ -277,7 +303,15 @@ def serve(registry: Registry, host: str, port: int, poll_seconds: float = 2.0) -
     from kserve.protocol.rest.server import RESTServer
     from starlette.responses import JSONResponse
 
-    model = build_model(registry, poll_seconds)
+    router = Router()
+    if storage_uri:
+        router.production = load_storage_uri(storage_uri)
+        watcher = None
+    elif registry is not None:
+        watcher = AliasWatcher(registry, router)
+    else:
+        raise UserError("serve needs a registry or a storage URI")
+    model = build_model(router, watcher, poll_seconds)
     model.load()
     repository = ModelRepository()
     repository.update(model)

@@ -399,15 +399,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (only this machine by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
     poll: Annotated[float, typer.Option(help="Seconds between checks of the registry's aliases.")] = 2.0,
+    storage_uri: Annotated[
+        str, typer.Option(help="Serve this one version root instead of the registry's aliases (as KServe does).")
+    ] = "",
 ) -> None:
     """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics)."""
-    registry = _registry()
-    if registry.alias("production") is None:
-        raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
+    registry = None
+    if not storage_uri:
+        registry = _registry()
+        if registry.alias("production") is None:
+            raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
     from steps.serving import serve as run_server
 
-    run_server(registry, host, port, poll)
+    run_server(registry, host, port, poll, storage_uri)
 
 
 @app.command()

@@ -1,0 +1,50 @@
+"""Probing a served model over HTTP with holdout images (V1 protocol, as TF Serving speaks it)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from steps.targets import ProbeResult
+
+
+def probe_over_http(
+    predict_url: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int = 32,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> ProbeResult:
+    """POST the holdout in batches to a V1 `:predict` URL; errors are counted, never raised."""
+    import requests
+
+    result = ProbeResult(requests=0, errors=0, correct=0, images=0)
+    session = requests.Session()
+    for start in range(0, len(images), batch):
+        chunk, truth = images[start : start + batch], labels[start : start + batch]
+        result.requests += 1
+        began = time.perf_counter()
+        try:
+            response = session.post(
+                predict_url, json={"instances": chunk.tolist()}, headers=headers or {}, timeout=timeout_s
+            )
+            elapsed = (time.perf_counter() - began) * 1000
+            if response.status_code != 200:
+                raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
+            predictions = response.json()["predictions"]
+            class_ids = np.array([int(p["class_id"]) for p in predictions])
+            if class_ids.shape != truth.shape:
+                raise ValueError(f"{len(class_ids)} predictions for {len(truth)} images")
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            result.errors += 1
+            if len(result.error_samples) < 5:
+                result.error_samples.append(str(exc))
+            continue
+        result.latencies_ms.append(elapsed)
+        result.images += len(truth)
+        result.correct += int(np.sum(class_ids == truth))
+        version = response.headers.get("X-Model-Version", "unknown")
+        result.versions[version] = result.versions.get(version, 0) + 1
+    return result
