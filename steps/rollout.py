@@ -1,7 +1,13 @@
-"""rollout: put a gated version into production, never without checking it can serve first.
+"""rollout: put a gated version into production on a target, with a canary and automatic rollback.
 
-Preflight (an InfraValidator) loads the exported SavedModel the way the server does and answers
-a holdout sample through the serving signature; only then does the production alias move.
+    preflight (load the SavedModel as the server does, answer a holdout sample)
+    → read the live champion from the target, compare it with the registry
+    → deploy the candidate as a canary at `canary_percent` → wait until it is ready
+    → probe the canary itself (error rate, holdout accuracy, p95 latency)
+    → promote (target, then the registry's production alias) or roll back (production untouched)
+
+Every check and value goes into the rollout record. Re-running after a crash is safe: a canary
+left behind is replaced by the next deploy, and nothing else changes until the checks pass.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +25,32 @@ from steps.dataset import load_dataset
 from steps.errors import UserError
 from steps.model import load_serving_function
 from steps.registry import Registry
+from steps.targets import Target
 
 log = logging.getLogger(__name__)
 TARGETS = ("local", "kserve")
-PREFLIGHT_SAMPLE = 256
 PREFLIGHT_MIN_ACCURACY = 0.5
 
 
 class RolloutError(UserError):
     """The candidate failed a rollout check; production is unchanged."""
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    canary_percent: int = 10
+    ready_timeout_s: float = 300.0
+    holdout: int = 512  # the last images of the test split
+    probe_batch: int = 32
+    max_error_rate: float = 0.0
+    accuracy_slack: float = 0.02  # the canary may score this much below the in-process preflight
+    p95_budget_ms: float = 1000.0
+
+    def check(self) -> None:
+        if not 0 <= self.canary_percent <= 100:
+            raise UserError(f"canary_percent must be between 0 and 100 (got {self.canary_percent})")
+        if self.ready_timeout_s <= 0 or self.holdout < 1 or self.probe_batch < 1:
+            raise UserError("ready timeout, holdout and probe batch must be positive")
 
 
 def preflight(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -64,38 +88,28 @@ def rollout(
     registry: Registry,
     version: str,
     dataset_uri: str,
-    target: str,
-    canary_percent: int,
+    target: Target | None,
+    policy: RolloutPolicy,
     reason: str,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Preflight `version` and promote it on `target`; writes rollout.json and records it on the version."""
-    if target not in TARGETS:
-        raise UserError(f"unknown rollout target {target!r}: choose one of {', '.join(TARGETS)}")
-    if not 0 <= canary_percent <= 100:
-        raise UserError(f"canary_percent must be between 0 and 100 (got {canary_percent})")
-    if target == "kserve":
-        raise UserError("the kserve rollout target is not available in this version: use --target local")
+    """Roll `version` out on `target` (None: no server to deploy to, so a preflighted registry promotion)."""
+    policy.check()
     registry.require(version)
     dataset = load_dataset(dataset_uri)
-    # The last images of the test split: the same holdout on every run.
-    images, labels = dataset.x_test[-PREFLIGHT_SAMPLE:], dataset.y_test[-PREFLIGHT_SAMPLE:]
-    record: dict[str, Any] = {"version": version, "target": target, "reason": reason, "outcome": "failed"}
+    images, labels = dataset.x_test[-policy.holdout :], dataset.y_test[-policy.holdout :]
+    record: dict[str, Any] = {
+        "version": version,
+        "target": target.name if target else "registry",
+        "reason": reason,
+        "policy": asdict(policy),
+        "outcome": "failed",
+        "checks": [],
+    }
     try:
         record["preflight"] = preflight(registry.local_model_dir(version), images, labels)
         log.info("preflight passed: sample accuracy %.3f", record["preflight"]["sample_accuracy"])
-        current = registry.alias("production")
-        if current and current["version"] == version:
-            record["outcome"] = "unchanged"
-            log.info("version %s is already in production", version)
-        else:
-            # No local model server runs in this version: production is the registry's alias.
-            registry.set_alias("production", version, reason, actor=f"rollout:{target}")
-            record["outcome"] = "promoted"
-            log.info(
-                "no model server on target %s: version %s is preflighted and promoted in the registry", target, version
-            )
-        record["served_version"] = version
+        _roll(registry, version, target, policy, reason, images, labels, record)
     except RolloutError as exc:
         record["error"] = str(exc)
         raise
@@ -104,3 +118,105 @@ def rollout(
         (out_dir / "rollout.json").write_text(json.dumps(record, indent=2) + "\n")
         registry.add_record(version, "rollouts", record)
     return record
+
+
+def _check(record: dict[str, Any], name: str, passed: bool, value: Any, threshold: Any) -> bool:
+    record["checks"].append({"name": name, "passed": bool(passed), "value": value, "threshold": threshold})
+    return bool(passed)
+
+
+def _roll(
+    registry: Registry,
+    version: str,
+    target: Target | None,
+    policy: RolloutPolicy,
+    reason: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    record: dict[str, Any],
+) -> None:
+    production = registry.alias("production")
+    record["registry_production"] = production["version"] if production else None
+    if target is None:
+        if record["registry_production"] == version:
+            record["outcome"] = "unchanged"
+        else:
+            registry.set_alias("production", version, reason, actor="rollout:registry")
+            record["outcome"] = "promoted"
+        record["served_version"] = None
+        log.info(
+            "no model server to deploy to: version %s is preflighted and %s in the registry", version, record["outcome"]
+        )
+        return
+
+    live = target.live_version()
+    record["live_champion"] = live
+    if live != record["registry_production"]:
+        log.warning(
+            "the target serves %s but the registry's production is %s: the target is the truth here",
+            live,
+            record["registry_production"],
+        )
+    if live == version:
+        record["outcome"] = "unchanged"
+        record["served_version"] = version
+        if record["registry_production"] != version:
+            registry.set_alias(
+                "production", version, f"{reason} (already live on {target.name})", f"rollout:{target.name}"
+            )
+        log.info("version %s is already live on %s", version, target.name)
+        return
+
+    storage_uri = registry.version_uri(version)
+    log.info("deploying %s to %s as a canary at %d%%", version, target.name, policy.canary_percent)
+    target.deploy_canary(version, storage_uri, policy.canary_percent)
+    try:
+        started = time.monotonic()
+        target.wait_ready(version, policy.ready_timeout_s)
+        _check(record, "ready", True, round(time.monotonic() - started, 2), policy.ready_timeout_s)
+    except UserError as exc:
+        _check(record, "ready", False, str(exc), policy.ready_timeout_s)
+        _rollback(target, version, record, f"the canary did not become ready: {exc}")
+
+    probe = target.probe(version, images, labels, policy.probe_batch)
+    record["probe"] = {
+        "requests": probe.requests,
+        "errors": probe.errors,
+        "error_samples": probe.error_samples,
+        "accuracy": round(probe.accuracy, 5),
+        "p95_ms": round(probe.p95_ms, 2),
+        "versions": probe.versions,
+    }
+    min_accuracy = record["preflight"]["sample_accuracy"] - policy.accuracy_slack
+    passed = [
+        _check(
+            record, "error_rate", probe.error_rate <= policy.max_error_rate, probe.error_rate, policy.max_error_rate
+        ),
+        _check(record, "accuracy", probe.accuracy >= min_accuracy, round(probe.accuracy, 5), round(min_accuracy, 5)),
+        _check(
+            record, "p95_latency_ms", probe.p95_ms <= policy.p95_budget_ms, round(probe.p95_ms, 2), policy.p95_budget_ms
+        ),
+        _check(record, "served_by_candidate", set(probe.versions) <= {version}, sorted(probe.versions), version),
+    ]
+    if not all(passed):
+        failed = [c for c in record["checks"] if not c["passed"]]
+        summary = "; ".join(f"{c['name']} {c['value']} (threshold {c['threshold']})" for c in failed)
+        _rollback(target, version, record, f"the canary failed its probe: {summary}")
+
+    if target.follows_registry:
+        registry.set_alias("production", version, reason, actor=f"rollout:{target.name}")
+        target.promote(version)
+    else:
+        target.promote(version)
+        registry.set_alias("production", version, reason, actor=f"rollout:{target.name}")
+    record["outcome"] = "promoted"
+    record["served_version"] = version
+    log.info("version %s promoted on %s", version, target.name)
+
+
+def _rollback(target: Target, version: str, record: dict[str, Any], why: str) -> None:
+    log.error("%s: rolling back", why)
+    target.rollback(version)
+    record["outcome"] = "rolled-back"
+    record["served_version"] = target.live_version()
+    raise RolloutError(f"rolled back {version} on {target.name}: {why}")

@@ -275,17 +275,44 @@ def rollout(
     target: Annotated[str, typer.Option(help="local (the embedded default) or kserve.")] = "local",
     canary_percent: Annotated[int, typer.Option(help="Traffic share of the canary while it is probed.")] = 10,
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "rollout",
+    server_url: Annotated[
+        str, typer.Option(help="local target: the model server (if none answers, the registry is promoted).")
+    ] = "http://127.0.0.1:8080",
+    namespace: Annotated[str, typer.Option(help="kserve target: the InferenceService's namespace.")] = "fashion",
+    ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,
     out: OutOption = Path("outputs/rollout"),
 ) -> None:
-    """Preflight a version and put it into production on the target."""
+    """Roll a version out: preflight, canary, probe, then promote or roll back automatically."""
+    from steps.rollout import TARGETS, RolloutPolicy
     from steps.rollout import rollout as run_rollout
 
+    if target not in TARGETS:
+        raise UserError(f"unknown rollout target {target!r}: choose one of {', '.join(TARGETS)}")
     registry = _registry()
-    record = run_rollout(
-        registry, registry.resolve(model), _default_dataset(dataset), target, canary_percent, reason, out
-    )
-    _write_outputs(out, {"outcome": record["outcome"], "served_version": record.get("served_version", "")})
-    _summary({"outcome": record["outcome"], "version": record["version"], "target": target})
+    policy = RolloutPolicy(canary_percent=canary_percent, ready_timeout_s=ready_timeout)
+    policy.check()
+    chosen: Any = None
+    if target == "kserve":
+        from steps.targets.kserve import KServeTarget
+
+        chosen = KServeTarget(namespace=namespace)
+    else:
+        from steps.targets.local import LocalTarget
+
+        local = LocalTarget(registry, server_url)
+        if local.server_running():
+            chosen = local
+        else:
+            log.info("no local model server answers at %s: promoting in the registry only", server_url)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        record = run_rollout(registry, registry.resolve(model), _default_dataset(dataset), chosen, policy, reason, out)
+    finally:
+        written = out / "rollout.json"
+        if written.exists():
+            outcome = json.loads(written.read_text())
+            _write_outputs(out, {"outcome": outcome["outcome"], "served_version": outcome.get("served_version") or ""})
+    _summary({"outcome": record["outcome"], "version": record["version"], "target": record["target"]})
 
 
 @app.command()

@@ -192,7 +192,7 @@ def rollout() -> Container:
         cpu="500m",
         memory="2Gi",
         deadline=1800,
-        args=_args("rollout", *ROLLOUT_INPUTS),
+        args=[*_args("rollout", *ROLLOUT_INPUTS)[:-2], "--namespace", "{{workflow.namespace}}", "--out", OUTPUTS],
         inputs=_inputs(*ROLLOUT_INPUTS),
         # Read by the exit report whether rollout ran or was Skipped: defaults are required.
         outputs=[

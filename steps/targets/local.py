@@ -1,0 +1,85 @@
+"""The local target: the model server of `fashion-pipeline serve`, steered by the registry's aliases."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from steps.errors import UserError
+from steps.registry import MODEL_NAME, Registry
+from steps.targets import ProbeResult
+from steps.targets.probe import probe_over_http
+
+log = logging.getLogger(__name__)
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
+_ACTOR = "rollout:local"
+
+
+class LocalTarget:
+    """Production and canary are registry aliases; the server follows them (hot swap)."""
+
+    name = "local"
+    follows_registry = True  # production moves with the registry alias, which rollout sets
+
+    def __init__(self, registry: Registry, server_url: str = DEFAULT_SERVER_URL, poll_s: float = 0.5) -> None:
+        self.registry = registry
+        self.server_url = server_url.rstrip("/")
+        self.poll_s = poll_s
+        self.predict_url = f"{self.server_url}/v1/models/{MODEL_NAME}:predict"
+
+    def server_running(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.server_url}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _served_version(self, route: str) -> str | None:
+        import requests
+
+        try:
+            response = requests.post(
+                self.predict_url,
+                json={"instances": [np.zeros((28, 28)).tolist()]},
+                headers={"X-Model-Route": route},
+                timeout=5,
+            )
+        except requests.RequestException:
+            return None
+        return response.headers.get("X-Model-Version") if response.status_code == 200 else None
+
+    def live_version(self) -> str | None:
+        return self._served_version("production")
+
+    def deploy_canary(self, version: str, storage_uri: str, percent: int) -> None:
+        self.registry.set_alias("canary", version, f"canary at {percent}%", _ACTOR, extra={"percent": percent})
+
+    def _wait_for(self, route: str, version: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        seen = None
+        while time.monotonic() < deadline:
+            seen = self._served_version(route)
+            if seen == version:
+                return
+            time.sleep(self.poll_s)
+        raise UserError(
+            f"local server at {self.server_url}: {route} still serves {seen or 'nothing'} "
+            f"after {timeout_s:g}s, expected {version}"
+        )
+
+    def wait_ready(self, version: str, timeout_s: float) -> None:
+        self._wait_for("canary", version, timeout_s)
+
+    def probe(self, version: str, images: np.ndarray, labels: np.ndarray, batch: int) -> ProbeResult:
+        return probe_over_http(self.predict_url, images, labels, batch, headers={"X-Model-Route": "canary"})
+
+    def promote(self, version: str) -> None:
+        # The production alias has moved already (rollout sets it): drop the canary, wait for the swap.
+        self.registry.set_alias("canary", None, f"{version} promoted", _ACTOR)
+        self._wait_for("production", version, timeout_s=60)
+
+    def rollback(self, version: str) -> None:
+        self.registry.set_alias("canary", None, f"{version} rolled back", _ACTOR)
