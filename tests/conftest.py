@@ -169,3 +169,79 @@ def bucket(s3_env: S3Server, request: pytest.FixtureRequest) -> str:
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     s3_env.make_bucket(name)
     return name
+
+
+@dataclass
+class TrainedStore:
+    """A registry with real models: `good` (full data, 2 epochs, ~90%) and `weak` (tiny subset)."""
+
+    root: Path
+    dataset_uri: str
+    good: str
+    weak: str
+
+    @property
+    def store_uri(self) -> str:
+        return str(self.root / "store")
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> TrainedStore:
+    from steps.dataset import fetch_dataset
+    from steps.registry import Registry
+    from steps.storage import open_store
+    from steps.train import TrainParams, train
+
+    root = tmp_path_factory.mktemp("trained")
+    store = open_store(str(root / "store"))
+    dataset = fetch_dataset(store, [(str(real_mirror), False)])
+    registry = Registry(store)
+    good = train(dataset.uri, registry, TrainParams(epochs=2, seed=5), root / "good", code_version="test")
+    weak = train(
+        dataset.uri, registry, TrainParams(epochs=1, train_limit=1500, seed=6), root / "weak", code_version="test"
+    )
+    registry.set_alias("production", weak.version, "test fixture: start from the weak model", actor="test")
+    return TrainedStore(root=root, dataset_uri=dataset.uri, good=good.version, weak=weak.version)
+
+
+class ServerProcess:
+    """`fashion-pipeline serve` in its own process on a free port; stopped by the test that started it."""
+
+    def __init__(self, store_uri: str, *extra: str, poll: float = 0.3) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cli = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+        self.log = Path(store_uri).parent / f"server-{self.port}.log" if "://" not in store_uri else None
+        out = open(self.log, "wb") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [cli, "--store", store_uri, "serve", "--port", str(self.port), "--poll", str(poll), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()}")
+            try:
+                if requests.get(f"{self.url}/v2/models/fashion-mnist/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout}s: {self.logs()}")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log and self.log.exists() else ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

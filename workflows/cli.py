@@ -276,7 +276,11 @@ def rollout(
     canary_percent: Annotated[int, typer.Option(help="Traffic share of the canary while it is probed.")] = 10,
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "rollout",
     server_url: Annotated[
-        str, typer.Option(help="local target: the model server (if none answers, the registry is promoted).")
+        str,
+        typer.Option(
+            envvar="FASHION_PIPELINE_SERVER_URL",
+            help="local target: the model server (if none answers, the registry is promoted).",
+        ),
     ] = "http://127.0.0.1:8080",
     namespace: Annotated[str, typer.Option(help="kserve target: the InferenceService's namespace.")] = "fashion",
     ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,

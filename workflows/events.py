@@ -1,0 +1,427 @@
+"""Argo Events objects for webhook retrains: the EventBus, the webhook EventSource and the Sensor.
+
+Written as plain dicts: `hera.events.models` drops webhook fields. The Sensor's filters and its
+trigger parameters are generated from the payload contract (retrain-payload.schema.json), and
+`sensor_workflow` applies those parameters the way the sensor does, so a test can hold the
+Workflow a webhook creates on the cluster against the arguments the local receiver runs with.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from workflows import pipeline
+from workflows.payload import EVENT_ID, load_payload_schema
+
+NAMESPACE = pipeline.NAMESPACE
+EVENT_BUS = "default"
+# A version listed in the argo-events-controller-config of Argo Events v1.9 (nats:2.10.10).
+JETSTREAM_VERSION = "2.10.10"
+EVENT_SOURCE = "fashion-retrain"
+EVENT_NAME = "retrain"
+WEBHOOK_PORT = 12000
+WEBHOOK_ENDPOINT = "/retrain"
+MAX_PAYLOAD_BYTES = 64 * 1024
+WEBHOOK_SECRET = "fashion-pipeline-webhook"
+WEBHOOK_SECRET_KEY = "token"
+SENSOR = "fashion-retrain"
+SENSOR_SERVICE_ACCOUNT = "fashion-pipeline-sensor"
+DEPENDENCY = "retrain"
+TRIGGER = "retrain"
+WORKFLOW_NAME_PREFIX = "retrain-"
+RATE_LIMIT = {"unit": "Minute", "requestsPerUnit": 10}
+LABELS = {"app.kubernetes.io/name": "fashion-pipeline", "app.kubernetes.io/part-of": "fashion-pipeline"}
+
+
+def _metadata(name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": NAMESPACE, "labels": dict(LABELS)}
+
+
+def event_bus() -> dict[str, Any]:
+    """JetStream, pinned: `latest` would change under a running cluster."""
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "EventBus",
+        "metadata": _metadata(EVENT_BUS),
+        "spec": {"jetstream": {"version": JETSTREAM_VERSION}},
+    }
+
+
+def event_source() -> dict[str, Any]:
+    """The webhook: bearer token from a Secret, a payload cap, and a Service `<name>-eventsource-svc`."""
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "EventSource",
+        "metadata": _metadata(EVENT_SOURCE),
+        "spec": {
+            "eventBusName": EVENT_BUS,
+            "service": {"ports": [{"name": "webhook", "port": WEBHOOK_PORT, "targetPort": WEBHOOK_PORT}]},
+            "webhook": {
+                EVENT_NAME: {
+                    "port": str(WEBHOOK_PORT),
+                    "endpoint": WEBHOOK_ENDPOINT,
+                    "method": "POST",
+                    "authSecret": {"name": WEBHOOK_SECRET, "key": WEBHOOK_SECRET_KEY},
+                    "maxPayloadSize": MAX_PAYLOAD_BYTES,
+                }
+            },
+        },
+    }
+
+
+def sensor() -> dict[str, Any]:
+    """Submit `retrain-<event_id>` from the WorkflowTemplate for each payload that keeps the contract."""
+    schema = load_payload_schema()
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Sensor",
+        "metadata": _metadata(SENSOR),
+        "spec": {
+            "eventBusName": EVENT_BUS,
+            "template": {"serviceAccountName": SENSOR_SERVICE_ACCOUNT},
+            "dependencies": [
+                {
+                    "name": DEPENDENCY,
+                    "eventSourceName": EVENT_SOURCE,
+                    "eventName": EVENT_NAME,
+                    "filters": _filters(schema),
+                }
+            ],
+            "triggers": [
+                {
+                    "template": {
+                        "name": TRIGGER,
+                        "argoWorkflow": {
+                            "operation": "submit",
+                            "source": {"resource": retrain_workflow(schema)},
+                            "parameters": _parameters(schema),
+                        },
+                    },
+                    "rateLimit": dict(RATE_LIMIT),
+                    # At-least-once is safe here: the Workflow's name is fixed by the event id, so a
+                    # retried trigger meets AlreadyExists instead of starting a second retrain.
+                    "atLeastOnce": True,
+                    "retryStrategy": {"steps": 3, "duration": "10s", "factor": 2},
+                }
+            ],
+        },
+    }
+
+
+def manifests() -> list[dict[str, Any]]:
+    return [event_bus(), event_source(), sensor()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Workflow the trigger submits, and the parameters that fill it in
+# ---------------------------------------------------------------------------------------------
+
+
+def _argument_defaults(schema: dict[str, Any]) -> dict[str, str]:
+    """Every workflow argument's value when the payload leaves it out: the contract's default, else the template's."""
+    from workflows.payload import argo_string
+
+    defaults = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
+    for name, spec in schema["properties"].items():
+        if name != EVENT_ID and "default" in spec:
+            defaults[name] = argo_string(spec["default"])
+    return defaults
+
+
+def retrain_workflow(schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The embedded Workflow: every argument, in `pipeline.ARGUMENTS` order, because `dest` indexes by position."""
+    defaults = _argument_defaults(schema or load_payload_schema())
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            # Completed by the event id (operation append); never submitted as is.
+            "name": WORKFLOW_NAME_PREFIX,
+            "namespace": NAMESPACE,
+            "labels": {**LABELS, "fashion-pipeline/trigger": "webhook"},
+        },
+        "spec": {
+            "workflowTemplateRef": {"name": pipeline.NAME},
+            "arguments": {"parameters": [{"name": name, "value": value} for name, value in defaults.items()]},
+        },
+    }
+
+
+def _parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    positions = {argument.name: i for i, argument in enumerate(pipeline.ARGUMENTS)}
+    defaults = _argument_defaults(schema)
+    # No default for the event id: without one the trigger fails rather than submit `retrain-`.
+    parameters: list[dict[str, Any]] = [
+        {
+            "src": {"dependencyName": DEPENDENCY, "dataKey": f"body.{EVENT_ID}"},
+            "dest": "metadata.name",
+            "operation": "append",
+        }
+    ]
+    for name in schema["properties"]:
+        if name == EVENT_ID:
+            continue
+        if name not in positions:
+            raise ValueError(f"payload field {name!r} is not an argument of {pipeline.NAME}")
+        parameters.append(
+            {
+                "src": {"dependencyName": DEPENDENCY, "dataKey": f"body.{name}", "value": defaults[name]},
+                "dest": f"spec.arguments.parameters.{positions[name]}.value",
+            }
+        )
+    return parameters
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters
+#
+# Data filters fail on a path that is missing ("any kind of error is considered as false"), so
+# they can only check required fields: the event id's pattern is one. The Lua `script` filter sees
+# the decoded body and checks the whole contract, optional fields included: unknown fields, types,
+# integer-ness, ranges, enums, lengths and the patterns below. What the filters cannot express:
+#   - a JSON null: Argo Events drops nil values when it builds the Lua table, so `"epochs": null`
+#     looks absent to the script while the parameter then reads the literal null. The workflow's
+#     parameter enums reject it for enum arguments, and the steps' own checks for numbers.
+#   - a repeated key: the script sees the last value, the parameter (gjson) the first one; the
+#     steps' checks (epochs >= 1, 0 <= canary_percent <= 100, ...) are the only guard there.
+#   - regular expressions in general: each schema pattern needs a hand-written Lua twin below,
+#     and rendering fails on a pattern without one.
+# ---------------------------------------------------------------------------------------------
+
+# JSON Schema pattern -> Lua condition on the string `v`, with the same meaning (tested with lua5.1).
+LUA_PATTERNS = {
+    "^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$": (
+        '#v <= 42 and (v:find("^[a-z0-9]$") ~= nil or v:find("^[a-z0-9][a-z0-9%-]*[a-z0-9]$") ~= nil)'
+    ),
+    "^(https?|s3|file)://[^\\t\\n\\r ]+$": (
+        '(v:find("^https?://[^\\t\\n\\r ]+$") ~= nil or v:find("^s3://[^\\t\\n\\r ]+$") ~= nil'
+        ' or v:find("^file://[^\\t\\n\\r ]+$") ~= nil)'
+    ),
+    "\\n": 'v:find("\\n", 1, true) ~= nil',
+}
+_ANNOTATIONS = frozenset({"description", "default", "title", "$comment", "examples"})
+
+
+def _filters(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": [{"path": f"body.{EVENT_ID}", "type": "string", "value": [schema["properties"][EVENT_ID]["pattern"]]}],
+        "script": lua_filter(schema),
+    }
+
+
+def _lua_string(text: str) -> str:
+    return '"' + "".join(c if c.isalnum() or c in "-_./: " else f"\\{ord(c)}" for c in text) + '"'
+
+
+def _lua_number(value: int | float) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _lua_pattern(pattern: str) -> str:
+    if pattern not in LUA_PATTERNS:
+        raise ValueError(f"the Sensor filter has no Lua twin of the pattern {pattern!r}: add one to LUA_PATTERNS")
+    return LUA_PATTERNS[pattern]
+
+
+def _lua_conditions(name: str, spec: dict[str, Any]) -> list[str]:
+    """Lua conditions on `v`, the field's value, that hold exactly when `spec` accepts it."""
+    unknown = set(spec) - _ANNOTATIONS - {
+        "type",
+        "enum",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "maxLength",
+        "minLength",
+        "pattern",
+        "not",
+    }
+    if unknown:
+        raise ValueError(f"the Sensor filter cannot express {sorted(unknown)} of payload field {name!r}")
+    kind = spec.get("type")
+    conditions = {
+        "string": ['type(v) == "string"'],
+        "integer": ["integer(v)"],
+        "number": ['type(v) == "number"'],
+        "boolean": ['type(v) == "boolean"'],
+        None: [],
+    }.get(kind)
+    if conditions is None:
+        raise ValueError(f"the Sensor filter cannot express type {kind!r} of payload field {name!r}")
+    if "enum" in spec:
+        choices = ", ".join(f"[{_lua_string(str(c))}] = true" for c in spec["enum"])
+        if not all(isinstance(c, str) for c in spec["enum"]):
+            raise ValueError(f"the Sensor filter only knows string enums (payload field {name!r})")
+        conditions.append(f"({{{choices}}})[v] == true")
+    for keyword, operator in (
+        ("minimum", ">="),
+        ("maximum", "<="),
+        ("exclusiveMinimum", ">"),
+        ("exclusiveMaximum", "<"),
+    ):
+        if keyword in spec:
+            conditions.append(f"v {operator} {_lua_number(spec[keyword])}")
+    if "minLength" in spec:
+        conditions.append(f"length(v) >= {spec['minLength']}")
+    if "maxLength" in spec:
+        conditions.append(f"length(v) <= {spec['maxLength']}")
+    if "pattern" in spec:
+        conditions.append(_lua_pattern(spec["pattern"]))
+    if "not" in spec:
+        if set(spec["not"]) != {"pattern"}:
+            raise ValueError(f"the Sensor filter only knows `not: {{pattern}}` (payload field {name!r})")
+        conditions.append(f"not ({_lua_pattern(spec['not']['pattern'])})")
+    return conditions
+
+
+def lua_filter(schema: dict[str, Any]) -> str:
+    """A Lua script filter that is true exactly for the bodies `schema` accepts (nulls aside, see above)."""
+    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
+        raise ValueError("the payload schema must be a closed object (additionalProperties: false)")
+    extra = set(schema) - _ANNOTATIONS - {"$schema", "$id", "type", "required", "additionalProperties", "properties"}
+    if extra:
+        raise ValueError(f"the Sensor filter cannot express {sorted(extra)} of the payload schema")
+    known = ", ".join(f"[{_lua_string(name)}] = true" for name in schema["properties"])
+    lines = [
+        "-- Generated from workflows/retrain-payload.schema.json by workflows/events.py.",
+        "local body = event.body",
+        'if type(body) ~= "table" then return false end',
+        f"local known = {{{known}}}",
+        "for key in pairs(body) do",
+        "  if not known[key] then return false end",
+        "end",
+        'local function integer(v) return type(v) == "number" and v == math.floor(v) end',
+        "local function length(s)",
+        "  local n = 0",
+        "  for i = 1, #s do",
+        "    local c = string.byte(s, i)",
+        "    if c < 128 or c >= 192 then n = n + 1 end",
+        "  end",
+        "  return n",
+        "end",
+        "local v",
+    ]
+    required = set(schema.get("required", []))
+    for name, spec in schema["properties"].items():
+        check = " and ".join(_lua_conditions(name, spec)) or "true"
+        lines.append(f"v = body[{_lua_string(name)}]")
+        if name in required:
+            lines.append(f"if v == nil or not ({check}) then return false end")
+        else:
+            lines.append(f"if v ~= nil and not ({check}) then return false end")
+    lines.append("return true")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sensor's parameter application, for tests and for reading the Sensor
+# ---------------------------------------------------------------------------------------------
+
+
+class _RawNumber(str):
+    """A JSON number kept as its source text, as gjson sees it."""
+
+
+_MISSING = object()
+
+
+def sensor_workflow(payload: dict[str, Any], sensor_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Workflow the Sensor submits for this webhook body.
+
+    As Argo Events v1.9 does it (pkg/sensors/triggers/params.go): the event data is
+    `{"header": ..., "body": <payload>}`; each parameter's `src.dataKey` is a gjson path into it,
+    falling back to `src.value` when missing; the result is a string set at `dest` (sjson), after
+    `append`/`prepend` joined it with the value already there.
+    """
+    manifest = sensor_manifest or sensor()
+    trigger = manifest["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    resource = copy.deepcopy(trigger["source"]["resource"])
+    event = json.loads(
+        json.dumps({"header": {}, "body": payload}), parse_int=_RawNumber, parse_float=_RawNumber
+    )
+    for parameter in trigger.get("parameters", []):
+        value = _resolve(parameter["src"], event)
+        operation = parameter.get("operation", "")
+        if operation in ("append", "prepend"):
+            current = _gjson_get(resource, parameter["dest"])
+            if current is not _MISSING:
+                current_text = _gjson_string(current)
+                value = current_text + value if operation == "append" else value + current_text
+        elif operation not in ("", "overwrite"):
+            raise ValueError(f"unsupported trigger parameter operation {operation!r}")
+        _sjson_set(resource, parameter["dest"], value)
+    return resource
+
+
+def _resolve(src: dict[str, Any], event: dict[str, Any]) -> str:
+    if src.get("dependencyName") != DEPENDENCY:
+        raise ValueError(f"parameter source depends on {src.get('dependencyName')!r}, not {DEPENDENCY!r}")
+    found = _gjson_get(event, src["dataKey"]) if "dataKey" in src else _MISSING
+    if found is not _MISSING:
+        return _gjson_string(found)
+    if "value" in src:
+        return src["value"]
+    raise ValueError(f"unable to resolve parameter: no {src.get('dataKey')!r} in the event and no default")
+
+
+def _path(path: str) -> list[str]:
+    if re.search(r"[*?\\#@|]", path):
+        raise ValueError(f"gjson path {path!r} uses syntax this emulation does not cover")
+    return path.split(".")
+
+
+def _gjson_get(document: Any, path: str) -> Any:
+    node = document
+    for part in _path(path):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _gjson_string(value: Any) -> str:
+    """gjson's Result.String() for scalars; objects and arrays come back as raw JSON (as Argo Events returns them)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, _RawNumber):
+        digits = value[1:] if value.startswith("-") else value
+        if digits.isdigit():
+            return str(value)
+        return str(np.format_float_positional(float(value), unique=True, trim="-"))
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _sjson_set(document: dict[str, Any], path: str, value: str) -> None:
+    parts = _path(path)
+    node: Any = document
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) > len(node):
+                raise ValueError(f"dest {path!r}: index {part} is outside a list of {len(node)}")
+            index = int(part)
+            if index == len(node):
+                node.append(value if last else {})
+            elif last:
+                node[index] = value
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ValueError(f"dest {path!r}: cannot set a key inside a {type(node).__name__}")
