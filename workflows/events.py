@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from workflows import pipeline
-from workflows.payload import EVENT_ID, load_payload_schema
+from workflows.payload import EVENT_ID, argo_string, load_payload_schema
 
 NAMESPACE = pipeline.NAMESPACE
 EVENT_BUS = "default"
@@ -124,8 +124,6 @@ def manifests() -> list[dict[str, Any]]:
 
 def _argument_defaults(schema: dict[str, Any]) -> dict[str, str]:
     """Every workflow argument's value when the payload leaves it out: the contract's default, else the template's."""
-    from workflows.payload import argo_string
-
     defaults = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
     for name, spec in schema["properties"].items():
         if name != EVENT_ID and "default" in spec:
@@ -205,6 +203,10 @@ LUA_PATTERNS = {
     "\\n": 'v:find("\\n", 1, true) ~= nil',
 }
 _ANNOTATIONS = frozenset({"description", "default", "title", "$comment", "examples"})
+_FIELD_KEYWORDS = frozenset(
+    {"type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength"}
+    | {"pattern", "not"}
+)
 
 
 def _filters(schema: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +217,9 @@ def _filters(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lua_string(text: str) -> str:
-    return '"' + "".join(c if c.isalnum() or c in "-_./: " else f"\\{ord(c)}" for c in text) + '"'
+    """A Lua string literal: plain ASCII as is, every other byte as a decimal escape."""
+    safe = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./: ")
+    return '"' + "".join(chr(b) if b in safe else f"\\{b}" for b in text.encode()) + '"'
 
 
 def _lua_number(value: int | float) -> str:
@@ -230,18 +234,7 @@ def _lua_pattern(pattern: str) -> str:
 
 def _lua_conditions(name: str, spec: dict[str, Any]) -> list[str]:
     """Lua conditions on `v`, the field's value, that hold exactly when `spec` accepts it."""
-    unknown = set(spec) - _ANNOTATIONS - {
-        "type",
-        "enum",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "maxLength",
-        "minLength",
-        "pattern",
-        "not",
-    }
+    unknown = set(spec) - _ANNOTATIONS - _FIELD_KEYWORDS
     if unknown:
         raise ValueError(f"the Sensor filter cannot express {sorted(unknown)} of payload field {name!r}")
     kind = spec.get("type")
@@ -342,9 +335,7 @@ def sensor_workflow(payload: dict[str, Any], sensor_manifest: dict[str, Any] | N
     manifest = sensor_manifest or sensor()
     trigger = manifest["spec"]["triggers"][0]["template"]["argoWorkflow"]
     resource = copy.deepcopy(trigger["source"]["resource"])
-    event = json.loads(
-        json.dumps({"header": {}, "body": payload}), parse_int=_RawNumber, parse_float=_RawNumber
-    )
+    event = json.loads(json.dumps({"header": {}, "body": payload}), parse_int=_RawNumber, parse_float=_RawNumber)
     for parameter in trigger.get("parameters", []):
         value = _resolve(parameter["src"], event)
         operation = parameter.get("operation", "")

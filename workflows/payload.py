@@ -64,6 +64,8 @@ def _messages(error: ValidationError, body: dict[str, Any]) -> list[str]:
         return out
     if error.validator == "not":
         return [f"{field}: must not contain a line break"]
+    if error.validator == "pattern":
+        return [f"{field}: {error.instance!r} does not match {error.validator_value}"]
     return [f"{field}: {error.message}"]
 
 
