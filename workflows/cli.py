@@ -473,6 +473,81 @@ def predict(
         )
 
 
+def _webhook_token(token_file: Path | None) -> str:
+    if token_file is not None:
+        try:
+            return token_file.read_text().strip()
+        except OSError as exc:
+            raise UserError(f"cannot read the token file {token_file}: {exc.strerror}") from exc
+    token = os.environ.get("FASHION_PIPELINE_WEBHOOK_TOKEN", "").strip()
+    if not token:
+        raise UserError("the webhook needs a token: set FASHION_PIPELINE_WEBHOOK_TOKEN or pass --token-file")
+    return token
+
+
+def _receiver(host: str, port: int, token_file: Path | None, runs_dir: Path) -> Any:
+    from workflows.engine import workflow_parameters
+    from workflows.pipeline import manifest
+    from workflows.webhook import EventLog, RunQueue, WebhookServer
+
+    token = _webhook_token(token_file)
+    defaults = _embedded_defaults(workflow_parameters(manifest()))
+    runs = RunQueue(manifest, runs_dir, defaults)
+    return WebhookServer(host, port, token, EventLog(_store()), runs), runs
+
+
+TokenFileOption = Annotated[
+    Path | None, typer.Option(help="File holding the bearer token (default: $FASHION_PIPELINE_WEBHOOK_TOKEN).")
+]
+RunsDirOption = Annotated[Path, typer.Option(help="Where run records and node logs go.")]
+
+
+@app.command()
+def webhook(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (the EventSource's is 12000).")] = 12000,
+    token_file: TokenFileOption = None,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """The local retrain webhook: POST /retrain queues a pipeline run, like the Argo Events Sensor."""
+    receiver, runs = _receiver(host, port, token_file, runs_dir)
+    requeued = receiver.requeue_unstarted()
+    log.info(
+        "listening on http://%s:%d/retrain%s",
+        host,
+        receiver.port,
+        f" ({requeued} accepted event(s) queued again)" if requeued else "",
+    )
+    try:
+        receiver.httpd.serve_forever()
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    finally:
+        receiver.shutdown()
+        runs.close()
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Address to bind the model server and the webhook.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Model server port.")] = 8080,
+    webhook_port: Annotated[int, typer.Option(help="Webhook port.")] = 12000,
+    token_file: TokenFileOption = None,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """The embedded platform: model server, retrain webhook and the nightly schedule, until Ctrl-C."""
+    import threading
+
+    from workflows.platform import up as run_platform
+
+    receiver, runs = _receiver(host, webhook_port, token_file, runs_dir)
+    stop = threading.Event()
+    try:
+        run_platform(_registry(), host, port, receiver, runs, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Registered versions with their accuracy and aliases."""

@@ -453,6 +453,15 @@ class Engine:
         self.locks_dir = runs_dir / ".locks"
         self._lock = threading.Lock()
         self._deadline: float | None = None
+        self._stopped: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Like `argo stop`: kill the running node, run nothing more but the exit handler."""
+        self._stopped = reason
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._kill(proc)
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _changed(self, node: Node | None = None) -> None:
@@ -499,7 +508,8 @@ class Engine:
             message = "Step exceeded its deadline" if not message else message
         self.run.phase, self.run.message = phase, message
         if spec.get("onExit"):
-            self._deadline = None  # the exit handler runs whatever happened
+            self._deadline = None  # the exit handler runs whatever happened, as after `argo stop`
+            self._stopped = None
             scope_extra = {"workflow.status": phase, "workflow.failures": json.dumps(self._failures())}
             with contextlib.suppress(UserError):
                 self._run_template(spec["onExit"], "onExit", {}, extra_scope=scope_extra)
@@ -592,8 +602,9 @@ class Engine:
                     phases[name] = "Skipped"
                     self._changed(node)
                     continue
-                if self._deadline is not None and time.time() > self._deadline:
-                    node.phase, node.message = "Failed", "Step exceeded its deadline"
+                stop_reason = self._stop_reason()
+                if stop_reason:
+                    node.phase, node.message = "Failed", stop_reason
                     phases[name] = "Failed"
                     self._changed(node)
                     continue
@@ -604,6 +615,13 @@ class Engine:
         if failed:
             return "Failed", f"child {', '.join(failed)} failed"
         return "Succeeded", ""
+
+    def _stop_reason(self) -> str | None:
+        if self._stopped:
+            return f"Stopped: {self._stopped}"
+        if self._deadline is not None and time.time() > self._deadline:
+            return "Step exceeded its deadline"
+        return None
 
     def _dependencies_met(self, task: dict[str, Any], deps: set[str], phases: dict[str, str]) -> bool:
         if "depends" in task:
@@ -657,7 +675,7 @@ class Engine:
             retryable = (
                 (phase == "Failed" and policy in ("OnFailure", "Always"))
                 or (phase == "Error" and policy in ("OnError", "Always", "OnTransientError"))
-            ) and not message.startswith("Step exceeded its deadline")
+            ) and not message.startswith(("Step exceeded its deadline", "Stopped:"))
             out_of_time = max_total is not None and time.time() + delay - node.started > max_total
             if phase == "Succeeded" or not retryable or node.attempts > limit or out_of_time:
                 break
@@ -712,6 +730,7 @@ class Engine:
                 )
             except OSError as exc:
                 return "Error", f"cannot start {argv[0]}: {exc.strerror}"
+            self._proc = proc
             try:
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -720,6 +739,10 @@ class Engine:
             except KeyboardInterrupt:
                 self._kill(proc)
                 raise
+            finally:
+                self._proc = None
+        if self._stopped:
+            return "Failed", f"Stopped: {self._stopped}"
         if code != 0:
             return "Failed", f"Error (exit code {code}): {self._last_line(log_path)}"
         return self._collect_outputs(template, node, out_dir, container_paths)

@@ -1,0 +1,124 @@
+"""`fashion-pipeline up`: the embedded platform in one foreground process.
+
+The model server (its own process, started once a production model exists), the retrain
+webhook, and the CronWorkflow's schedule applied locally (same expression and timezone,
+concurrencyPolicy Forbid), with one combined log and a clean Ctrl-C shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from steps.registry import Registry
+from workflows import schedule
+from workflows.webhook import RunQueue, WebhookServer
+
+log = logging.getLogger("up")
+
+
+class ModelServerProcess:
+    """`fashion-pipeline serve` as a child process, its output folded into our log."""
+
+    def __init__(self, store_uri: str, host: str, port: int) -> None:
+        self.args = [_cli(), "--store", store_uri, "serve", "--host", host, "--port", str(port)]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._relay, name="server-log", daemon=True).start()
+
+    def _relay(self) -> None:
+        server_log = logging.getLogger("server")
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            server_log.info(line.rstrip())
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _cli() -> str:
+    return shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+
+
+class Scheduler:
+    """The CronWorkflow's schedules, evaluated in its timezone; a tick while a run is busy is skipped."""
+
+    def __init__(self, runs: RunQueue, schedules: list[str], timezone: str, on_tick: threading.Event) -> None:
+        self.runs = runs
+        self.schedules = schedules
+        self.zone = ZoneInfo(timezone)
+        self.stopped = on_tick
+        self._thread = threading.Thread(target=self._loop, name="schedule", daemon=True)
+
+    def next_fire(self, after: datetime) -> datetime:
+        from croniter import croniter
+
+        return min(croniter(expr, after).get_next(datetime) for expr in self.schedules)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
+            now = datetime.now(self.zone)
+            fire = self.next_fire(now)
+            log.info("next scheduled retrain at %s (%s)", fire.isoformat(timespec="minutes"), self.zone.key)
+            if self.stopped.wait((fire - now).total_seconds()):
+                return
+            if self.runs.busy():
+                log.info("scheduled retrain skipped: a run is in progress (concurrencyPolicy Forbid)")
+                continue
+            self.runs.submit(f"{schedule.NAME}-{fire:%Y%m%d%H%M}", {"reason": schedule.REASON})
+
+
+def up(
+    registry: Registry,
+    host: str,
+    server_port: int,
+    webhook: WebhookServer,
+    runs: RunQueue,
+    stop: threading.Event,
+) -> None:
+    """Run until `stop` is set (Ctrl-C in the CLI); everything started here is stopped here."""
+    server = ModelServerProcess(registry.store.uri, host, server_port)
+    os.environ["FASHION_PIPELINE_SERVER_URL"] = f"http://{host}:{server_port}"  # rollouts go to our server
+    scheduler = Scheduler(runs, list(schedule.SCHEDULES), schedule.TIMEZONE, stop)
+    webhook.start()
+    log.info("webhook: POST http://%s:%d/retrain", webhook.httpd.server_address[0], webhook.port)
+    requeued = webhook.requeue_unstarted()
+    if requeued:
+        log.info("%d accepted event(s) from before a restart queued again", requeued)
+    scheduler.start()
+    try:
+        while not stop.is_set():
+            if not server.running() and registry.alias("production") is not None:
+                if server.proc is not None:
+                    log.warning("the model server exited with %s: starting it again", server.proc.returncode)
+                log.info("model server: http://%s:%d (production follows the registry)", host, server_port)
+                server.start()
+            elif server.proc is None:
+                log.info("no production model yet: the model server starts after the first promotion")
+            stop.wait(5)
+    finally:
+        log.info("shutting down")
+        webhook.shutdown()
+        runs.close()
+        server.stop()
+        log.info("stopped")

@@ -1,0 +1,235 @@
+"""The local retrain webhook: the same endpoint and contract as the cluster's Argo Events EventSource.
+
+`POST /retrain` with `Authorization: Bearer <token>` and a JSON body that follows the payload
+contract (workflows/retrain-payload.schema.json) queues one run of the pipeline named
+`retrain-<event_id>`, exactly the name the Sensor gives the Workflow on a cluster, so a
+redelivered event never retrains twice. The event log lives in the store: dedup survives restarts.
+Runs execute one at a time on the local engine; `GET /runs/<name>` tells how one is doing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from steps.errors import UserError
+from steps.registry import utc_now
+from steps.storage import ObjectExists, Store
+from workflows.engine import Engine
+from workflows.payload import payload_to_parameters, validate_payload
+
+log = logging.getLogger(__name__)
+MAX_PAYLOAD_BYTES = 65536  # the EventSource's maxPayloadSize
+EVENTS_PREFIX = "events/retrain"
+
+
+def run_name(event_id: str) -> str:
+    return f"retrain-{event_id}"
+
+
+class EventLog:
+    """One write-once object per accepted event: the write itself is the dedup."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def accept(self, event_id: str, record: dict[str, Any]) -> bool:
+        """Record the event; False if it was seen before (now or in an earlier life of the server)."""
+        try:
+            self.store.write_json(f"{EVENTS_PREFIX}/{event_id}.json", record)
+        except ObjectExists:
+            return False
+        return True
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.store.read_json(key) for key in self.store.list(EVENTS_PREFIX) if key.endswith(".json")]
+
+
+@dataclass
+class _Job:
+    name: str
+    parameters: dict[str, str]
+
+
+class RunQueue:
+    """Runs the pipeline one run at a time, in submission order, on a worker thread."""
+
+    def __init__(self, manifest: Callable[[], dict[str, Any]], runs_dir: Path, defaults: dict[str, str]) -> None:
+        self.manifest = manifest
+        self.runs_dir = runs_dir
+        self.defaults = defaults
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._pending: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._worker = threading.Thread(target=self._work, name="run-queue", daemon=True)
+        self._worker.start()
+
+    def submit(self, name: str, parameters: dict[str, str]) -> None:
+        job = _Job(name, {**self.defaults, **parameters})
+        with self._lock:
+            self._pending[name] = job
+        self._jobs.put(job)
+        log.info("queued %s (%d waiting)", name, self._jobs.qsize())
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._pending) or self._engine is not None
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            if name in self._pending:
+                return {"name": name, "phase": "Pending", "parameters": self._pending[name].parameters}
+        record = self.runs_dir / name / "workflow.json"
+        return json.loads(record.read_text()) if record.is_file() else None
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                engine = Engine(self.manifest(), self.runs_dir, job.parameters, name=job.name)
+                with self._lock:
+                    self._pending.pop(job.name, None)
+                    self._engine = engine
+                log.info("running %s", job.name)
+                result = engine.execute()
+                log.info("%s %s%s", job.name, result.phase, f": {result.message}" if result.message else "")
+            except Exception as exc:  # one bad run must not stop the queue
+                log.error("%s could not run: %s", job.name, exc)
+            finally:
+                with self._lock:
+                    self._pending.pop(job.name, None)
+                    self._engine = None
+
+    def close(self, timeout: float = 30) -> None:
+        """Stop the running workflow (its exit handler still runs) and the worker."""
+        with self._lock:
+            engine = self._engine
+            self._pending.clear()
+        if engine is not None:
+            engine.stop("the local platform is shutting down")
+        self._jobs.put(None)
+        self._worker.join(timeout)
+
+
+class WebhookServer:
+    """The HTTP receiver; `serve_forever` runs in the caller's thread or `start` in a new one."""
+
+    def __init__(
+        self, host: str, port: int, token: str, events: EventLog, runs: RunQueue, max_bytes: int = MAX_PAYLOAD_BYTES
+    ) -> None:
+        if not token:
+            raise UserError("the webhook needs a token: set FASHION_PIPELINE_WEBHOOK_TOKEN or pass --token-file")
+        self.token = token.encode()
+        self.events = events
+        self.runs = runs
+        self.max_bytes = max_bytes
+        handler = type("Handler", (_Handler,), {"receiver": self})
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self.port = self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="webhook", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def requeue_unstarted(self) -> int:
+        """Events accepted before a restart whose run never started are queued again."""
+        count = 0
+        for event in self.events.all():
+            if self.runs.status(event["run"]) is None:
+                self.runs.submit(event["run"], event["parameters"])
+                count += 1
+        return count
+
+    def authorised(self, header: str | None) -> HTTPStatus | None:
+        if not header or not header.startswith("Bearer "):
+            return HTTPStatus.UNAUTHORIZED
+        if not hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self.token):
+            return HTTPStatus.FORBIDDEN
+        return None
+
+    def accept(self, body: Any) -> tuple[HTTPStatus, dict[str, Any]]:
+        problems = validate_payload(body)
+        if problems:
+            return HTTPStatus.BAD_REQUEST, {"error": "the payload violates the retrain contract", "problems": problems}
+        name = run_name(body["event_id"])
+        parameters = payload_to_parameters(body)
+        record = {"event_id": body["event_id"], "run": name, "parameters": parameters, "received": utc_now()}
+        if not self.events.accept(body["event_id"], record):
+            return HTTPStatus.CONFLICT, {"error": f"event {body['event_id']} was already received", "run": name}
+        self.runs.submit(name, parameters)
+        return HTTPStatus.ACCEPTED, {"run": name, "status": f"/runs/{name}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    receiver: WebhookServer
+    server_version = "fashion-pipeline-webhook"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: HTTPStatus, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._send(HTTPStatus.OK, {"status": "ok"})
+        elif self.path.startswith("/runs/"):
+            status = self.receiver.runs.status(self.path[len("/runs/") :])
+            if status is None:
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no run {self.path[len('/runs/') :]}"})
+            else:
+                self._send(HTTPStatus.OK, status)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found: POST /retrain, GET /runs/<name>"})
+
+    def do_POST(self) -> None:
+        if self.path != "/retrain":
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found: POST /retrain"})
+            return
+        denied = self.receiver.authorised(self.headers.get("Authorization"))
+        if denied is not None:
+            self.close_connection = True
+            self._send(denied, {"error": "a valid bearer token is required"}, {"WWW-Authenticate": "Bearer"})
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+            self._send(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send Content-Type: application/json"})
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._send(HTTPStatus.LENGTH_REQUIRED, {"error": "send a Content-Length header"})
+            return
+        if int(length) > self.receiver.max_bytes:
+            self.close_connection = True
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"payload over {self.receiver.max_bytes} bytes"})
+            return
+        try:
+            body = json.loads(self.rfile.read(int(length)))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": f"invalid JSON: {exc}"})
+            return
+        status, answer = self.receiver.accept(body)
+        self._send(status, answer)
