@@ -89,6 +89,8 @@ class RunQueue:
         with self._lock:
             if name in self._pending:
                 return {"name": name, "phase": "Pending", "parameters": self._pending[name].parameters}
+            if self._engine is not None and self._engine.run.name == name:
+                return self._engine.run.record()
         record = self.runs_dir / name / "workflow.json"
         return json.loads(record.read_text()) if record.is_file() else None
 
