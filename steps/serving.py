@@ -311,6 +311,11 @@ def serve(registry: Registry | None, host: str, port: int, poll_seconds: float =
         watcher = AliasWatcher(registry, router)
     else:
         raise UserError("serve needs a registry or a storage URI")
+    import warnings
+
+    # KServe logs two timing lines per request, and FastAPI warns about KServe's response class.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
     model = build_model(router, watcher, poll_seconds)
     model.load()
     repository = ModelRepository()
