@@ -225,11 +225,11 @@ def _lua_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(float(value))
     if isinstance(value, str):
-        return events._lua_string(value)
+        return events.lua_string(value)
     if isinstance(value, list):
         return "{" + ", ".join(_lua_value(v) for v in value) + "}"
     # Objects: Argo Events drops nil values (mapToTable has no case for them).
-    items = (f"[{events._lua_string(k)}] = {_lua_value(v)}" for k, v in value.items() if v is not None)
+    items = (f"[{events.lua_string(k)}] = {_lua_value(v)}" for k, v in value.items() if v is not None)
     return "{" + ", ".join(items) + "}"
 
 
@@ -276,7 +276,7 @@ def test_lua_twin_of_each_pattern_matches_what_go_matches(pattern: str) -> None:
     go_like = re.compile(pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern)
     lua_condition = events.LUA_PATTERNS[pattern]
     program = "".join(
-        f"do local v = {events._lua_string(s)}; print(tostring(({lua_condition}) == true)) end\n" for s in samples
+        f"do local v = {events.lua_string(s)}; print(tostring(({lua_condition}) == true)) end\n" for s in samples
     )
     assert LUA is not None
     result = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=30, check=True)

@@ -216,7 +216,7 @@ def _filters(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _lua_string(text: str) -> str:
+def lua_string(text: str) -> str:
     """A Lua string literal: plain ASCII as is, every other byte as a decimal escape."""
     safe = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./: ")
     return '"' + "".join(chr(b) if b in safe else f"\\{b}" for b in text.encode()) + '"'
@@ -248,7 +248,7 @@ def _lua_conditions(name: str, spec: dict[str, Any]) -> list[str]:
     if conditions is None:
         raise ValueError(f"the Sensor filter cannot express type {kind!r} of payload field {name!r}")
     if "enum" in spec:
-        choices = ", ".join(f"[{_lua_string(str(c))}] = true" for c in spec["enum"])
+        choices = ", ".join(f"[{lua_string(str(c))}] = true" for c in spec["enum"])
         if not all(isinstance(c, str) for c in spec["enum"]):
             raise ValueError(f"the Sensor filter only knows string enums (payload field {name!r})")
         conditions.append(f"({{{choices}}})[v] == true")
@@ -280,7 +280,7 @@ def lua_filter(schema: dict[str, Any]) -> str:
     extra = set(schema) - _ANNOTATIONS - {"$schema", "$id", "type", "required", "additionalProperties", "properties"}
     if extra:
         raise ValueError(f"the Sensor filter cannot express {sorted(extra)} of the payload schema")
-    known = ", ".join(f"[{_lua_string(name)}] = true" for name in schema["properties"])
+    known = ", ".join(f"[{lua_string(name)}] = true" for name in schema["properties"])
     lines = [
         "-- Generated from workflows/retrain-payload.schema.json by workflows/events.py.",
         "local body = event.body",
@@ -303,7 +303,7 @@ def lua_filter(schema: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     for name, spec in schema["properties"].items():
         check = " and ".join(_lua_conditions(name, spec)) or "true"
-        lines.append(f"v = body[{_lua_string(name)}]")
+        lines.append(f"v = body[{lua_string(name)}]")
         if name in required:
             lines.append(f"if v == nil or not ({check}) then return false end")
         else:

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build the step image fashion-pipeline/steps:<version> (images/Dockerfile) with docker or podman,
+# then load it into the kind or minikube cluster of the current kubectl context, where the
+# templates' imagePullPolicy IfNotPresent finds it.
+#
+# Usage: scripts/build-image.sh [--no-load] [--print-image]
+# Env: CONTAINER_ENGINE=docker|podman (default: whichever answers, docker first).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+die() {
+  printf 'build-image: %s\n' "$*" >&2
+  exit 1
+}
+
+# The tag workflows/templates.py puts in every step: fashion-pipeline/steps:<steps.__version__>.
+version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/steps/__init__.py")"
+[[ -n "$version" ]] || die "no __version__ in steps/__init__.py"
+image="fashion-pipeline/steps:$version"
+
+load=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-load) load=0 ;;
+    --print-image)
+      printf '%s\n' "$image"
+      exit 0
+      ;;
+    *) die "unknown argument '$arg' (usage: scripts/build-image.sh [--no-load] [--print-image])" ;;
+  esac
+done
+
+engine="${CONTAINER_ENGINE:-}"
+if [[ -z "$engine" ]]; then
+  for candidate in docker podman; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" info >/dev/null 2>&1; then
+      engine="$candidate"
+      break
+    fi
+  done
+fi
+[[ -n "$engine" ]] || die "no container engine answers: install and start docker or podman"
+
+# The same code version steps/registry.py records when run from a checkout: <version>+g<sha>[.dirty].
+revision="unknown"
+code_version="$version"
+if sha="$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null)"; then
+  revision="$(git -C "$REPO" rev-parse HEAD)"
+  code_version="$version+g$sha"
+  if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]]; then
+    code_version="$code_version.dirty"
+  fi
+fi
+# Never put credentials embedded in a remote URL into an image label.
+source_url="$(git -C "$REPO" config --get remote.origin.url 2>/dev/null | sed -E 's#://[^/@]+@#://#' || true)"
+
+"$engine" build \
+  --file "$REPO/images/Dockerfile" \
+  --build-arg "VERSION=$version" \
+  --build-arg "CODE_VERSION=$code_version" \
+  --build-arg "REVISION=$revision" \
+  --build-arg "SOURCE=${source_url:-unknown}" \
+  --tag "$image" \
+  "$REPO"
+printf 'built %s (%s)\n' "$image" "$code_version"
+
+((load)) || exit 0
+context="$(kubectl config current-context 2>/dev/null)" || die "no current kubectl context to load $image into (or pass --no-load)"
+archive="$(mktemp -d)"
+trap 'rm -rf "$archive"' EXIT
+# Through an archive, which kind and minikube both take from either engine.
+"$engine" save --output "$archive/image.tar" "$image"
+case "$context" in
+  kind-*)
+    require_kind="$(command -v kind)" || die "kind is not installed"
+    "$require_kind" load image-archive "$archive/image.tar" --name "${context#kind-}"
+    ;;
+  minikube | minikube-*)
+    command -v minikube >/dev/null 2>&1 || die "minikube is not installed"
+    minikube --profile "$context" image load "$archive/image.tar"
+    ;;
+  *) die "context '$context' is neither kind-* nor minikube: push $image to a registry the cluster pulls from" ;;
+esac
+printf 'loaded %s into %s\n' "$image" "$context"

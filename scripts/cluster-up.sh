@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Install fashion-pipeline on the kind or minikube cluster of the current kubectl context:
+# cert-manager, Knative Serving with Kourier, KServe (Knative mode, for canaries), Argo Workflows and
+# Argo Events from their release manifests, then this repository's argo/ (static manifests first,
+# then the generated ones) with freshly generated credentials. Finally it port-forwards the Argo UI
+# (https://localhost:2746) and the retrain webhook (http://localhost:12000/retrain) in the
+# background; scripts/cluster-down.sh stops them.
+#
+# Usage: scripts/cluster-up.sh
+# Re-running it is safe: it updates everything and keeps the credentials already in the cluster.
+# Env: ALLOW_ANY_CONTEXT=1 to install into a context that is not kind-* or minikube;
+#      WAIT_TIMEOUT (default 600s) for each wait.
+set -euo pipefail
+
+# Pinned upstream versions.
+CERT_MANAGER_VERSION=v1.17.0        # KServe needs cert-manager >= 1.17 for its webhooks' certificates
+KNATIVE_SERVING_VERSION=knative-v1.21.1
+KNATIVE_KOURIER_VERSION=knative-v1.21.0
+KSERVE_VERSION=v0.20.0              # the InferenceService CRD that `fashion-pipeline lint` validates against
+ARGO_WORKFLOWS_VERSION=v4.1.2       # the schema `fashion-pipeline lint` validates against
+ARGO_EVENTS_VERSION=v1.9.11         # ditto
+
+CERT_MANAGER_URL="https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
+KNATIVE_CRDS_URL="https://github.com/knative/serving/releases/download/${KNATIVE_SERVING_VERSION}/serving-crds.yaml"
+KNATIVE_CORE_URL="https://github.com/knative/serving/releases/download/${KNATIVE_SERVING_VERSION}/serving-core.yaml"
+KOURIER_URL="https://github.com/knative/net-kourier/releases/download/${KNATIVE_KOURIER_VERSION}/kourier.yaml"
+KSERVE_URL="https://github.com/kserve/kserve/releases/download/${KSERVE_VERSION}"
+ARGO_WORKFLOWS_URL="https://github.com/argoproj/argo-workflows/releases/download/${ARGO_WORKFLOWS_VERSION}/install.yaml"
+ARGO_EVENTS_URL="https://github.com/argoproj/argo-events/releases/download/${ARGO_EVENTS_VERSION}/install.yaml"
+
+NAMESPACE=fashion
+PLACEHOLDER=REPLACED-BY-cluster-up.sh
+WEBHOOK_SERVICE=fashion-retrain-eventsource-svc
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${FASHION_PIPELINE_STATE_DIR:-$REPO/.cluster}"
+PIDS_FILE="$STATE_DIR/port-forward.pids"
+LOG="$STATE_DIR/cluster-up.log"
+TIMEOUT="${WAIT_TIMEOUT:-600s}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+  printf 'cluster-up: %s\n' "$*" >&2
+  exit 1
+}
+
+require() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 is required ($2)"
+}
+
+# Upstream manifests are large (CRDs past the client-side annotation limit): apply server-side.
+# Usage: apply_url URL [NAMESPACE] (for manifests whose namespaced objects name no namespace).
+apply_url() {
+  log "applying $1"
+  kubectl apply --server-side --force-conflicts ${2:+--namespace "$2"} -f "$1" >>"$LOG"
+}
+
+wait_rollout() {
+  kubectl -n "$1" rollout status "deployment/$2" --timeout="$TIMEOUT" >>"$LOG"
+}
+
+wait_deployments() {
+  log "waiting for the deployments in namespace $1"
+  kubectl -n "$1" wait --for=condition=Available deployment --all --timeout="$TIMEOUT" >>"$LOG"
+}
+
+wait_crds() {
+  kubectl wait --for=condition=Established crd --all --timeout="$TIMEOUT" >>"$LOG"
+}
+
+ensure_namespace() {
+  kubectl create namespace "$1" --dry-run=client -o yaml | kubectl apply -f - >>"$LOG"
+}
+
+check_context() {
+  local context
+  context="$(kubectl config current-context 2>/dev/null)" ||
+    die "no current kubectl context: create a cluster first (kind create cluster, or minikube start)"
+  case "$context" in
+    kind-* | minikube | minikube-*) ;;
+    *)
+      [[ "${ALLOW_ANY_CONTEXT:-}" == 1 ]] ||
+        die "context '$context' is neither kind-* nor minikube; set ALLOW_ANY_CONTEXT=1 to install into it anyway"
+      ;;
+  esac
+  kubectl cluster-info >/dev/null 2>&1 || die "the cluster of context '$context' does not answer"
+  log "installing into context $context"
+}
+
+install_upstream() {
+  apply_url "$CERT_MANAGER_URL"
+  wait_crds
+  wait_deployments cert-manager
+
+  apply_url "$KNATIVE_CRDS_URL"
+  wait_crds
+  apply_url "$KNATIVE_CORE_URL"
+  apply_url "$KOURIER_URL"
+  kubectl -n knative-serving patch configmap/config-network --type merge \
+    -p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}' >>"$LOG"
+  wait_deployments knative-serving
+  wait_deployments kourier-system
+
+  ensure_namespace kserve
+  apply_url "$KSERVE_URL/kserve-crds.yaml"
+  wait_crds
+  apply_url "$KSERVE_URL/kserve.yaml"
+  wait_deployments kserve
+  apply_url "$KSERVE_URL/kserve-cluster-resources.yaml"
+  configure_kserve
+
+  ensure_namespace argo
+  apply_url "$ARGO_WORKFLOWS_URL" argo
+  # Dev only: the UI acts with the server's own ServiceAccount instead of asking for a token.
+  kubectl -n argo patch deployment argo-server --type json \
+    -p '[{"op":"replace","path":"/spec/template/spec/containers/0/args","value":["server","--auth-mode=server"]}]' \
+    >>"$LOG"
+  wait_rollout argo argo-server
+  wait_deployments argo
+
+  ensure_namespace argo-events
+  apply_url "$ARGO_EVENTS_URL" argo-events
+  wait_deployments argo-events
+}
+
+# Knative mode (canaryTrafficPercent works only there), and no Istio VirtualService: Kourier routes.
+# The mode is renamed only if raw: KServe spells it Serverless/RawDeployment or Knative/Standard.
+configure_kserve() {
+  local config deploy ingress
+  config="$(kubectl -n kserve get configmap inferenceservice-config -o json)"
+  deploy="$(jq -r '.data.deploy // "{}"' <<<"$config" | jq -c '
+    if .defaultDeploymentMode == "RawDeployment" then .defaultDeploymentMode = "Serverless"
+    elif .defaultDeploymentMode == "Standard" then .defaultDeploymentMode = "Knative"
+    else . end')"
+  ingress="$(jq -r '.data.ingress // "{}"' <<<"$config" | jq -c '.disableIstioVirtualHost = true')"
+  jq -n --arg deploy "$deploy" --arg ingress "$ingress" '{data: {deploy: $deploy, ingress: $ingress}}' |
+    kubectl -n kserve patch configmap inferenceservice-config --type merge --patch-file /dev/stdin >>"$LOG"
+  kubectl -n kserve rollout restart deployment kserve-controller-manager >>"$LOG"
+  wait_rollout kserve kserve-controller-manager
+}
+
+# The value of a Secret's key in the cluster, or nothing.
+secret_value() {
+  kubectl -n "$NAMESPACE" get secret "$1" -o "jsonpath={.data.$2}" 2>/dev/null | base64 --decode 2>/dev/null || true
+}
+
+# Keep a credential that is already set; otherwise a new random one of $2 bytes (hex).
+credential() {
+  local current
+  current="$(secret_value "$1" "$3")"
+  if [[ -n "$current" && "$current" != "$PLACEHOLDER" ]]; then
+    printf '%s' "$current"
+  else
+    openssl rand -hex "$2"
+  fi
+}
+
+# The Secrets of argo/secrets.yaml (annotations and all) with the placeholders replaced.
+apply_secrets() {
+  local access_key secret_key token
+  access_key="$(credential fashion-pipeline-s3 10 AWS_ACCESS_KEY_ID)"
+  secret_key="$(credential fashion-pipeline-s3 24 AWS_SECRET_ACCESS_KEY)"
+  token="$(credential fashion-pipeline-webhook 32 token)"
+  log "applying the Secrets with generated credentials"
+  # Through the environment, not argv: other users can read a process's arguments.
+  ACCESS_KEY="$access_key" SECRET_KEY="$secret_key" TOKEN="$token" PLACEHOLDER="$PLACEHOLDER" awk '
+    /^ *AWS_ACCESS_KEY_ID:/ { sub(ENVIRON["PLACEHOLDER"], ENVIRON["ACCESS_KEY"]) }
+    /^ *AWS_SECRET_ACCESS_KEY:/ { sub(ENVIRON["PLACEHOLDER"], ENVIRON["SECRET_KEY"]) }
+    /^ *token:/ { sub(ENVIRON["PLACEHOLDER"], ENVIRON["TOKEN"]) }
+    { print }
+  ' "$REPO/argo/secrets.yaml" | kubectl apply -f - >>"$LOG"
+}
+
+is_generated() {
+  head -n 1 "$1" | grep -q '^# Generated by'
+}
+
+install_fashion_pipeline() {
+  local manifest
+  kubectl apply -f "$REPO/argo/namespace.yaml" >>"$LOG"
+  apply_secrets
+  # The bucket Job is immutable once created; it is idempotent, so run it afresh.
+  kubectl -n "$NAMESPACE" delete job minio-buckets --ignore-not-found >>"$LOG"
+  for manifest in "$REPO"/argo/*.yaml; do
+    case "$(basename "$manifest")" in namespace.yaml | secrets.yaml) continue ;; esac
+    if ! is_generated "$manifest"; then
+      log "applying ${manifest#"$REPO"/}"
+      kubectl apply -f "$manifest" >>"$LOG"
+    fi
+  done
+  wait_deployments "$NAMESPACE"
+  log "waiting for the MinIO buckets"
+  kubectl -n "$NAMESPACE" wait --for=condition=Complete job/minio-buckets --timeout="$TIMEOUT" >>"$LOG"
+  for manifest in "$REPO"/argo/*.yaml; do
+    if is_generated "$manifest"; then
+      log "applying ${manifest#"$REPO"/}"
+      kubectl apply -f "$manifest" >>"$LOG"
+    fi
+  done
+}
+
+wait_for_webhook() {
+  local ready="" tries=0
+  log "waiting for the webhook EventSource"
+  until [[ -n "$ready" ]]; do
+    tries=$((tries + 1))
+    ((tries <= 120)) || die "the webhook EventSource did not become ready; see kubectl -n $NAMESPACE get eventsource,pods"
+    sleep 5
+    ready="$(kubectl -n "$NAMESPACE" get endpointslices -l "kubernetes.io/service-name=$WEBHOOK_SERVICE" \
+      -o 'jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}' 2>/dev/null || true)"
+  done
+}
+
+stop_port_forwards() {
+  local pid
+  [[ -f "$PIDS_FILE" ]] || return 0
+  while read -r pid; do
+    if [[ -n "$pid" ]] && [[ "$(ps -p "$pid" -o comm= 2>/dev/null)" == kubectl ]]; then
+      kill "$pid"
+    fi
+  done <"$PIDS_FILE"
+  rm -f "$PIDS_FILE"
+}
+
+port_forward() {
+  local name="$1" namespace="$2" target="$3" ports="$4"
+  nohup kubectl -n "$namespace" port-forward "$target" "$ports" >"$STATE_DIR/port-forward-$name.log" 2>&1 &
+  echo "$!" >>"$PIDS_FILE"
+}
+
+main() {
+  require kubectl "https://kubernetes.io/docs/tasks/tools/"
+  require jq "apt-get install jq"
+  require openssl "apt-get install openssl"
+  mkdir -p "$STATE_DIR"
+  : >"$LOG"
+  check_context
+  install_upstream
+  install_fashion_pipeline
+  wait_for_webhook
+  stop_port_forwards
+  port_forward argo-ui argo svc/argo-server 2746:2746
+  port_forward webhook "$NAMESPACE" "svc/$WEBHOOK_SERVICE" 12000:12000
+  cat <<EOF
+fashion-pipeline is up (log: ${LOG#"$REPO"/}).
+  Argo UI:   https://localhost:2746 (self-signed certificate)
+  Webhook:   http://localhost:12000/retrain   -> scripts/trigger-retrain.sh epochs=2 train_limit=5000
+  Build and load the step image first:         scripts/build-image.sh
+  Run:       argo submit -n $NAMESPACE --from workflowtemplate/fashion-mnist-train-deploy -p epochs=10 --watch
+  Stop the port-forwards: scripts/cluster-down.sh --keep
+EOF
+}
+
+main
