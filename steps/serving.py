@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import threading
 import uuid
 from dataclasses import dataclass
@@ -111,6 +112,74 @@ def load_version(registry: Registry, version: str) -> Loaded:
     return loaded
 
 
+class Batcher:
+    """One inference thread; requests waiting while it works are merged into one call per version.
+
+    Concurrent TensorFlow calls on two cores only fight over them; one call on many images uses
+    them better. An idle batcher adds no waiting: a lone request runs at once.
+    """
+
+    def __init__(self, max_images: int = 512) -> None:
+        self.max_images = max_images
+        self._queue: queue.SimpleQueue[tuple[Loaded, np.ndarray, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._thread.start()
+
+    async def predict(self, loaded: Loaded, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put((loaded, images, future))
+        return await future
+
+    def _work(self) -> None:
+        while (first := self._queue.get()) is not None:
+            pending = [first]
+            size = len(first[1])
+            while size < self.max_images:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                pending.append(item)
+                size += len(item[1])
+            by_version: dict[str, list[tuple[Loaded, np.ndarray, asyncio.Future[Any]]]] = {}
+            for item in pending:
+                by_version.setdefault(item[0].version, []).append(item)
+            for group in by_version.values():
+                self._run(group)
+
+    @staticmethod
+    def _run(group: list[tuple[Loaded, np.ndarray, asyncio.Future[Any]]]) -> None:
+        try:
+            images = group[0][1] if len(group) == 1 else np.concatenate([images for _, images, _ in group])
+            probabilities, class_id = group[0][0].predict(images)
+        except Exception as exc:  # delivered to each waiting request
+            for _, _, future in group:
+                future.get_loop().call_soon_threadsafe(_set_exception, future, exc)
+            return
+        start = 0
+        for _, images, future in group:
+            end = start + len(images)
+            result = (probabilities[start:end], class_id[start:end])
+            future.get_loop().call_soon_threadsafe(_set_result, future, result)
+            start = end
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 class Router:
     """Which version answers: production, or the canary for its share of requests."""
 
@@ -202,6 +271,33 @@ class AliasWatcher:
                 log.info("canary %s now takes %d%% of requests", current.version, percent)
 
 
+class BodyCap:
+    """ASGI middleware: a POST must say its length, and stay under MAX_BODY_BYTES (413 otherwise).
+
+    Plain ASGI, not Starlette's BaseHTTPMiddleware, which costs about a millisecond per request.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"").decode()
+            error = None
+            if not length.isdigit():
+                status, error = 411, "send a Content-Length header"
+            elif int(length) > MAX_BODY_BYTES:
+                status = 413
+                error = f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte cap: send smaller batches"
+            if error is not None:
+                from starlette.responses import JSONResponse
+
+                await JSONResponse({"error": error}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def load_storage_uri(storage_uri: str) -> Loaded:
     """A fixed version from its root (what KServe's `storageUri` names): `<root>/1` is the SavedModel."""
     import tempfile
@@ -229,6 +325,8 @@ def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: floa
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    batcher = Batcher()
 
     class FashionModel(kserve.Model):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -268,8 +366,7 @@ def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: floa
         ) -> Any:
             protocol, request_id, images = request
             served, role = router.pick((headers or {}).get(ROUTE_HEADER.lower(), ""))
-            loop = asyncio.get_running_loop()
-            probabilities, class_id = await loop.run_in_executor(None, served.predict, images)
+            probabilities, class_id = await batcher.predict(served, images)
             if response_headers is not None:
                 response_headers[VERSION_HEADER] = served.version
                 response_headers[ROLE_HEADER] = role
@@ -294,15 +391,56 @@ def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: floa
     return FashionModel()
 
 
-def serve(registry: Registry | None, host: str, port: int, poll_seconds: float = 2.0, storage_uri: str = "") -> None:
+SERVING_PRECISIONS = ("auto", "bfloat16", "float32")
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX-512 BF16: oneDNN then runs bfloat16 convolutions natively (several times faster)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def configure_runtime(precision: str, threads: int) -> str:
+    """Set TensorFlow up for serving, before any model loads; returns the precision in effect.
+
+    One intra-op thread leaves the other core to HTTP and JSON; with bfloat16, Grappler rewrites the
+    float32 graph for oneDNN (the model's outputs stay float32). Measured on 2 cores: batch 32 in
+    2.5 ms instead of 5.7 ms, one image in 0.9 ms instead of 1.3 ms, 99.6% identical classes.
+    """
+    import tensorflow as tf
+
+    if precision not in SERVING_PRECISIONS:
+        raise UserError(f"unknown serving precision {precision!r}: choose one of {', '.join(SERVING_PRECISIONS)}")
+    if precision == "auto":
+        precision = "bfloat16" if cpu_has_bf16() else "float32"
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if precision == "bfloat16":
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    return precision
+
+
+def serve(
+    registry: Registry | None,
+    host: str,
+    port: int,
+    poll_seconds: float = 2.0,
+    storage_uri: str = "",
+    precision: str = "auto",
+    threads: int = 1,
+) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM: the registry's aliases, or one fixed version."""
     from kserve.model_repository import ModelRepository
     from kserve.model_server import app
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
     from kserve.protocol.rest.server import RESTServer
-    from starlette.responses import JSONResponse
 
+    precision = configure_runtime(precision, threads)
+    log.info("inference in %s on %s thread(s)", precision, threads or "all")
     router = Router()
     if storage_uri:
         router.production = load_storage_uri(storage_uri)
@@ -321,16 +459,7 @@ def serve(registry: Registry | None, host: str, port: int, poll_seconds: float =
     repository = ModelRepository()
     repository.update(model)
 
-    @app.middleware("http")
-    async def cap_body(request: Any, call_next: Any) -> Any:
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return JSONResponse({"error": "send a Content-Length header"}, status_code=411)
-            if int(length) > MAX_BODY_BYTES:
-                message = f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte cap: send smaller batches"
-                return JSONResponse({"error": message}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyCap)
 
     server = RESTServer(
         "kserve.model_server:app",

@@ -433,6 +433,10 @@ def serve(
     storage_uri: Annotated[
         str, typer.Option(help="Serve this one version root instead of the registry's aliases (as KServe does).")
     ] = "",
+    precision: Annotated[
+        str, typer.Option(help="Inference precision: auto (bfloat16 where the CPU has it), bfloat16, float32.")
+    ] = "auto",
+    inference_threads: Annotated[int, typer.Option(help="TensorFlow intra-op threads (0 = all cores).")] = 1,
 ) -> None:
     """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics)."""
     registry = None
@@ -443,7 +447,7 @@ def serve(
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
     from steps.serving import serve as run_server
 
-    run_server(registry, host, port, poll, storage_uri)
+    run_server(registry, host, port, poll, storage_uri, precision, inference_threads)
 
 
 @app.command()

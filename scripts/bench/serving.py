@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Benchmark: serving throughput and latency, all measured in one run on this machine.
+
+1. in-process: the SavedModel's signature called directly, 32 images per call;
+2. a plain `kserve.Model` wrapper (scripts/bench/plain_kserve_model.py), the baseline;
+3. our server (`fashion-pipeline serve --storage-uri`).
+For 2 and 3: V1 single-image latency p50/p99 (sequential), and images/s at 32 images per request
+with 16 concurrent clients. Targets: p50 <= 3 ms; >= 2x the plain wrapper; >= 50% of in-process.
+
+    FASHION_MNIST_MIRROR=../shared/data/fashion-mnist .venv/bin/python scripts/bench/serving.py [--version-root URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = Path(__file__).resolve().parent
+CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trained_version_root(scratch: Path) -> str:
+    """Train the default architecture briefly: serving speed depends on the architecture, not accuracy."""
+    from steps.dataset import fetch_dataset, mirror_chain
+    from steps.registry import Registry
+    from steps.storage import open_store
+    from steps.train import TrainParams, train
+
+    store = open_store(str(scratch / "store"))
+    dataset = fetch_dataset(store, mirror_chain(None, os.environ.get("FASHION_MNIST_MIRROR")))
+    registry = Registry(store)
+    result = train(dataset.uri, registry, TrainParams(epochs=1, train_limit=5000), scratch / "train", "bench")
+    return result.version_uri
+
+
+def in_process(version_root: str, images: np.ndarray, seconds: float) -> float:
+    import tensorflow as tf
+
+    from steps.serving import load_storage_uri
+
+    loaded = load_storage_uri(version_root)
+    batch = tf.constant(images[:32])
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        loaded.serve(image=batch)["class_id"].numpy()
+        count += 32
+    return count / (time.perf_counter() - started)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if requests.get(f"{url}/v2/models/fashion-mnist/ready", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("server not ready")
+
+
+def latency(url: str, image: list, n: int) -> tuple[float, float]:
+    session = requests.Session()
+    body = json.dumps({"instances": [image]})
+    headers = {"Content-Type": "application/json"}
+    for _ in range(20):
+        session.post(url, data=body, headers=headers)
+    timings = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = session.post(url, data=body, headers=headers)
+        timings.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, response.text
+    return float(np.percentile(timings, 50)), float(np.percentile(timings, 99))
+
+
+def throughput(url: str, images: np.ndarray, clients: int, seconds: float) -> float:
+    body = json.dumps({"instances": images[:32].tolist()}).encode()
+    headers = {"Content-Type": "application/json"}
+    counts = [0] * clients
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            response = session.post(url, data=body, headers=headers)
+            if response.status_code != 200:
+                errors.append(response.text[:200])
+                return
+            counts[i] += 32
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)  # warm-up
+    before, started = sum(counts), time.perf_counter()
+    time.sleep(seconds)
+    done, elapsed = sum(counts) - before, time.perf_counter() - started
+    stop.set()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit(f"errors under load: {errors[:3]}")
+    return done / elapsed
+
+
+def measure_server(name: str, argv: list[str], port: int, images: np.ndarray, args: argparse.Namespace) -> dict:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        predict = f"{url}/v1/models/fashion-mnist:predict"
+        p50, p99 = latency(predict, images[0].tolist(), args.requests)
+        rate = throughput(predict, images, args.clients, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(
+        f"{name:<22} single image p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   "
+        f"32/request x {args.clients} clients: {rate:8.0f} images/s",
+        flush=True,
+    )
+    return {"p50": p50, "p99": p99, "rate": rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version-root", help="a version root (storageUri) to serve; default: train one")
+    parser.add_argument("--seconds", type=float, default=15.0, help="load duration per server")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=500, help="sequential requests for latency")
+    args = parser.parse_args()
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        root = args.version_root or trained_version_root(Path(tmp))
+        inproc = in_process(root, images, args.seconds)
+        print(f"{'in-process':<22} {'':44} 32/call sequential:       {inproc:8.0f} images/s", flush=True)
+        port = free_port()
+        plain = measure_server(
+            "plain kserve.Model",
+            [sys.executable, str(HERE / "plain_kserve_model.py"), root, str(port)],
+            port,
+            images,
+            args,
+        )
+        port = free_port()
+        ours = measure_server(
+            "fashion-pipeline serve", [CLI, "serve", "--storage-uri", root, "--port", str(port)], port, images, args
+        )
+    print(f"p50 single image: {ours['p50']:.2f} ms (target <= 3 ms: {'PASS' if ours['p50'] <= 3 else 'MISS'})")
+    print(
+        f"throughput vs plain wrapper: x{ours['rate'] / plain['rate']:.2f} "
+        f"(target >= 2x: {'PASS' if ours['rate'] >= 2 * plain['rate'] else 'MISS'})"
+    )
+    print(
+        f"throughput vs in-process: {ours['rate'] / inproc:.0%} "
+        f"(target >= 50%: {'PASS' if ours['rate'] >= 0.5 * inproc else 'MISS'})"
+    )
+
+
+if __name__ == "__main__":
+    main()
