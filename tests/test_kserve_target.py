@@ -1,0 +1,390 @@
+"""The KServe target against a simulated KServe control plane, with real models and real model servers.
+
+The real `kubernetes` client talks to the simulator through a kubeconfig; every InferenceService it
+writes is validated strictly against the KServe CRD; each revision is a real `fashion-pipeline serve`
+process, so probes get real predictions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from kserve_sim import KServeSim, free_port
+
+from steps.dataset import fetch_dataset, load_dataset
+from steps.registry import Registry
+from steps.storage import open_store
+from steps.targets.kserve import DEFAULT_RESOURCES, DEFAULT_RUNTIME_VERSION, KServeError, KServeTarget
+from steps.train import TrainParams, train
+
+pytestmark = pytest.mark.slow
+
+NAME = "fashion-mnist"
+READY_TIMEOUT_S = 60.0
+HOLDOUT = 256
+_namespaces = itertools.count(1)
+
+
+@dataclass
+class Models:
+    registry: Registry
+    dataset_uri: str
+    a: str
+    b: str
+    images: np.ndarray  # the last HOLDOUT images of the test split
+    labels: np.ndarray
+
+    def uri(self, version: str) -> str:
+        return self.registry.version_uri(version)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> Models:
+    """Two small, different real models in one registry (seconds each)."""
+    root = tmp_path_factory.mktemp("kserve-models")
+    store = open_store(str(root / "store"))
+    dataset = fetch_dataset(store, [(str(real_mirror), False)])
+    registry = Registry(store)
+    trained = [
+        train(dataset.uri, registry, TrainParams(epochs=1, train_limit=2000, seed=seed), root / f"m{seed}", "test")
+        for seed in (1, 2)
+    ]
+    data = load_dataset(dataset.uri)
+    return Models(
+        registry, dataset.uri, trained[0].version, trained[1].version, data.x_test[-HOLDOUT:], data.y_test[-HOLDOUT:]
+    )
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory, models: Models) -> Iterator[KServeSim]:
+    with KServeSim(tmp_path_factory.mktemp("kserve-sim")) as sim:
+        for version in (models.a, models.b):
+            sim.start_model_server(models.uri(version))
+        sim.wait_model_servers()
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(sim: KServeSim, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sim.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+
+
+@pytest.fixture(scope="module")
+def api_client(kubeconfig: Path) -> Iterator[Any]:
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=str(kubeconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"team-{next(_namespaces)}"
+
+
+def make_target(sim: KServeSim, api_client: Any, namespace: str, **options: Any) -> KServeTarget:
+    """A target probing through the simulated ingress (like a port-forward to Istio's gateway)."""
+    options = {"probe_url": sim.ingress_url, **options}
+    return KServeTarget(namespace, api_client=api_client, poll_s=0.05, promote_timeout_s=30, **options)
+
+
+def deploy_and_promote(target: KServeTarget, models: Models, version: str) -> None:
+    target.deploy_canary(version, models.uri(version), 10)
+    target.wait_ready(version, READY_TIMEOUT_S)
+    target.promote(version)
+
+
+def served_versions(sim: KServeSim, namespace: str, images: np.ndarray, requests_: int = 10) -> dict[str, int]:
+    """Which versions answer users: single-image requests through the ingress to the InferenceService's URL."""
+    seen: dict[str, int] = {}
+    for i in range(requests_):
+        response = requests.post(
+            f"{sim.ingress_url}/v1/models/{NAME}:predict",
+            json={"instances": images[i : i + 1].tolist()},
+            headers={"Host": sim.host(namespace, NAME)},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        version = response.headers["X-Model-Version"]
+        seen[version] = seen.get(version, 0) + 1
+    return seen
+
+
+def api_requests(sim: KServeSim, namespace: str, method: str) -> list[dict[str, Any]]:
+    return [r for r in sim.requests if r["method"] == method and f"/namespaces/{namespace}/" in r["path"]]
+
+
+def traffic(sim: KServeSim, namespace: str) -> list[tuple[str, int, str | None]]:
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None
+    return [
+        (t["revisionName"], t["percent"], t.get("tag")) for t in isvc["status"]["components"]["predictor"]["traffic"]
+    ]
+
+
+def test_first_deployment_creates_the_inference_service_with_the_pinned_runtime_and_the_version_root(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    kserve = make_target(sim, api_client, namespace)
+    assert kserve.live_version() is None
+
+    kserve.deploy_canary(models.a, models.uri(models.a), 10)
+
+    (create,) = api_requests(sim, namespace, "POST")
+    assert create["query"]["fieldValidation"] == "Strict"
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"] == {
+        "modelFormat": {"name": "tensorflow"},
+        "runtimeVersion": DEFAULT_RUNTIME_VERSION,
+        "storageUri": models.registry.version_uri(models.a),
+        "resources": DEFAULT_RESOURCES,
+    }
+    assert DEFAULT_RUNTIME_VERSION.startswith("2.21.")  # TF Serving as new as the training TensorFlow
+    assert predictor["serviceAccountName"] == "fashion-mnist-predictor"
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
+    assert annotations["serving.kserve.io/enable-tag-routing"] == "true"
+
+    kserve.wait_ready(models.a, READY_TIMEOUT_S)
+    assert traffic(sim, namespace) == [(f"{NAME}-predictor-00001", 100, "latest")]  # nothing to split with yet
+    assert kserve.live_version() is None  # deployed, not promoted
+
+    kserve.promote(models.a)
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert kserve.live_version() == models.a
+    assert served_versions(sim, namespace, models.images) == {models.a: 10}
+    assert sim.validator.validate(isvc) == []  # the simulator's own status fits the CRD too
+
+
+def test_a_canary_takes_its_share_and_the_probe_reaches_the_canary_alone(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    kserve = make_target(sim, api_client, namespace)
+    deploy_and_promote(kserve, models, models.a)
+
+    kserve.deploy_canary(models.b, models.uri(models.b), 20)
+
+    patch = api_requests(sim, namespace, "PATCH")[-1]
+    assert patch["content_type"] == "application/merge-patch+json"
+    assert patch["query"]["fieldValidation"] == "Strict"
+    assert patch["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert patch["body"]["spec"]["predictor"]["model"]["storageUri"] == models.uri(models.b)
+    kserve.wait_ready(models.b, READY_TIMEOUT_S)
+    assert traffic(sim, namespace) == [
+        (f"{NAME}-predictor-00002", 20, "latest"),
+        (f"{NAME}-predictor-00001", 80, "prev"),
+    ]
+    assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.b): 20, models.uri(models.a): 80}
+    assert served_versions(sim, namespace, models.images) == {models.a: 8, models.b: 2}
+    assert kserve.live_version() == models.a
+
+    result = kserve.probe(models.b, models.images, models.labels, batch=32)
+
+    assert (result.requests, result.errors, result.images) == (HOLDOUT // 32, 0, HOLDOUT)
+    assert result.versions == {models.b: HOLDOUT // 32}  # the canary alone, not the split
+    assert result.accuracy > 0.6
+    assert 0 < result.p95_ms < 2000
+
+    kserve.promote(models.b)
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.b): 100}
+    assert kserve.live_version() == models.b
+    assert served_versions(sim, namespace, models.images) == {models.b: 10}
+
+
+@pytest.mark.parametrize("fault", ["errors", "wrong_classes"])
+def test_a_canary_failing_its_probe_is_rolled_back_and_production_serves_everything(
+    fault: str, sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    kserve = make_target(sim, api_client, namespace)
+    deploy_and_promote(kserve, models, models.a)
+    sim.inject_fault(namespace, fault, storage_uri=models.uri(models.b))
+    kserve.deploy_canary(models.b, models.uri(models.b), 10)
+    kserve.wait_ready(models.b, READY_TIMEOUT_S)
+
+    result = kserve.probe(models.b, models.images, models.labels, batch=32)
+    if fault == "errors":
+        assert result.errors == result.requests and "HTTP 500" in result.error_samples[0]
+    else:
+        assert result.errors == 0 and result.accuracy < 0.3
+
+    kserve.rollback(models.b)
+
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None and isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert traffic(sim, namespace) == [
+        (f"{NAME}-predictor-00002", 0, "latest"),
+        (f"{NAME}-predictor-00001", 100, "prev"),
+    ]
+    assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.a): 100}
+    assert kserve.live_version() == models.a
+    assert served_versions(sim, namespace, models.images) == {models.a: 10}
+
+
+def test_a_canary_that_never_becomes_ready_times_out_naming_the_conditions_and_production_keeps_serving(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    kserve = make_target(sim, api_client, namespace)
+    deploy_and_promote(kserve, models, models.a)
+    deploy_and_promote(kserve, models, models.b)  # a revision rolled out before production: KServe's 0% trap
+    sim.inject_fault(namespace, "never_ready", revision=3)
+    kserve.deploy_canary(models.a, models.uri(models.a), 10)
+
+    with pytest.raises(KServeError, match=r"not ready after 1s: .*Ready=Unknown \(RevisionMissing") as error:
+        kserve.wait_ready(models.a, 1.0)
+    assert "\n" not in str(error.value)
+
+    kserve.rollback(models.a)
+
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == models.uri(models.b)
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.b): 100}
+    assert kserve.live_version() == models.b
+    assert served_versions(sim, namespace, models.images) == {models.b: 10}
+
+
+def test_a_failed_first_deployment_is_deleted_on_rollback(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    kserve = make_target(sim, api_client, namespace)
+    sim.inject_fault(namespace, "never_ready", storage_uri=models.uri(models.a))
+    kserve.deploy_canary(models.a, models.uri(models.a), 10)
+    with pytest.raises(KServeError, match=r"not ready after 0\.5s"):
+        kserve.wait_ready(models.a, 0.5)
+
+    kserve.rollback(models.a)
+
+    assert sim.get(namespace, NAME) is None
+    assert len(api_requests(sim, namespace, "DELETE")) == 1
+    assert kserve.live_version() is None
+
+
+@pytest.mark.parametrize("annotations", [{"serving.kserve.io/deploymentMode": "RawDeployment"}, {}])
+def test_a_standard_mode_inference_service_refuses_a_canary(
+    annotations: dict[str, str], sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    from kubernetes import client
+
+    existing = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": NAME, "annotations": annotations},  # no annotation: the cluster default, Standard
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "tensorflow"}, "storageUri": models.uri(models.a)}}},
+    }
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", existing
+    )
+    kserve = make_target(sim, api_client, namespace)
+
+    with pytest.raises(
+        KServeError, match=r"Standard \(raw\) deployment mode.*, where KServe ignores canaryTrafficPercent"
+    ):
+        kserve.deploy_canary(models.b, models.uri(models.b), 10)
+    assert api_requests(sim, namespace, "PATCH") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "percent", "expected"),
+    [
+        (
+            {"resources": {"requests": {"cpu": "500m"}, "limit": {"cpu": "1"}}},
+            10,
+            r"rejected .*spec\.predictor\.model\.resources\.limit: unknown field 'limit' \(did you mean 'limits'\?\)",
+        ),
+        ({}, 150, r"rejected .*canaryTrafficPercent 150 is not between 0 and 100"),
+    ],
+    ids=["unknown field", "webhook"],
+)
+def test_an_inference_service_the_cluster_rejects_is_a_clear_error(
+    options: dict[str, Any],
+    percent: int,
+    expected: str,
+    sim: KServeSim,
+    api_client: Any,
+    models: Models,
+    namespace: str,
+) -> None:
+    kserve = make_target(sim, api_client, namespace, **options)
+    with pytest.raises(KServeError, match=expected) as error:
+        kserve.deploy_canary(models.a, models.uri(models.a), percent)
+    assert "\n" not in str(error.value)
+    assert sim.get(namespace, NAME) is None
+
+
+def test_the_api_server_is_found_through_kubeconfig(
+    sim: KServeSim, kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert KServeTarget(namespace).live_version() is None
+    assert api_requests(sim, namespace, "GET")
+
+
+def test_an_unreachable_api_server_is_a_clear_error(tmp_path: Path) -> None:
+    from kubernetes import config
+
+    path = tmp_path / "config"
+    address = f"http://127.0.0.1:{free_port()}"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "gone", "cluster": {"server": address}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    kserve = KServeTarget("team", api_client=config.new_client_from_config(config_file=str(path)))
+    with pytest.raises(KServeError, match=f"cannot reach the Kubernetes API at {address} to read"):
+        kserve.live_version()
+
+
+@pytest.mark.parametrize("fault", [None, "wrong_classes"])
+def test_rollout_on_kserve_promotes_or_rolls_back_and_the_registry_follows(
+    fault: str | None, sim: KServeSim, api_client: Any, models: Models, namespace: str, tmp_path: Path
+) -> None:
+    from steps.rollout import RolloutError, RolloutPolicy, rollout
+
+    sim.direct_urls(namespace)  # tag URLs reachable as they are: no probe URL, no Host header
+    kserve = KServeTarget(namespace, api_client=api_client, poll_s=0.05, promote_timeout_s=30)
+    deploy_and_promote(kserve, models, models.a)
+    registry = models.registry
+    registry.set_alias("production", models.a, "test: A is live on the InferenceService", actor="test")
+    if fault:
+        sim.inject_fault(namespace, fault, storage_uri=models.uri(models.b))
+    policy = RolloutPolicy(canary_percent=10, ready_timeout_s=READY_TIMEOUT_S, holdout=HOLDOUT)
+
+    if fault is None:
+        record = rollout(registry, models.b, models.dataset_uri, kserve, policy, "test", tmp_path)
+        assert record["outcome"] == "promoted"
+        assert record["probe"]["versions"] == {models.b: HOLDOUT // policy.probe_batch}
+        expected = models.b
+    else:
+        with pytest.raises(RolloutError, match=r"rolled back .* failed its probe: accuracy"):
+            rollout(registry, models.b, models.dataset_uri, kserve, policy, "test", tmp_path)
+        record = json.loads((tmp_path / "rollout.json").read_text())
+        assert (record["outcome"], record["served_version"]) == ("rolled-back", models.a)
+        expected = models.a
+
+    assert record["live_champion"] == models.a
+    assert registry.alias("production")["version"] == expected  # type: ignore[index]
+    assert kserve.live_version() == expected
+    assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(expected): 100}
+    assert served_versions(sim, namespace, models.images) == {expected: 10}
