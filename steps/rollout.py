@@ -110,7 +110,7 @@ def rollout(
         record["preflight"] = preflight(registry.local_model_dir(version), images, labels)
         log.info("preflight passed: sample accuracy %.3f", record["preflight"]["sample_accuracy"])
         _roll(registry, version, target, policy, reason, images, labels, record)
-    except RolloutError as exc:
+    except UserError as exc:  # a failed check, or the target refusing (e.g. the Kubernetes API)
         record["error"] = str(exc)
         raise
     finally:

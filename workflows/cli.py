@@ -283,6 +283,13 @@ def rollout(
         ),
     ] = "http://127.0.0.1:8080",
     namespace: Annotated[str, typer.Option(help="kserve target: the InferenceService's namespace.")] = "fashion",
+    probe_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FASHION_PIPELINE_PROBE_URL",
+            help="kserve target: probe through this base URL (e.g. a port-forward to the ingress) with a Host header.",
+        ),
+    ] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,
     out: OutOption = Path("outputs/rollout"),
 ) -> None:
@@ -299,7 +306,7 @@ def rollout(
     if target == "kserve":
         from steps.targets.kserve import KServeTarget
 
-        chosen = KServeTarget(namespace=namespace)
+        chosen = KServeTarget(namespace=namespace, probe_url=probe_url)
     else:
         from steps.targets.local import LocalTarget
 
