@@ -431,6 +431,7 @@ def serve(
     storage_uri: str = "",
     precision: str = "auto",
     threads: int = 1,
+    access_log: bool = False,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM: the registry's aliases, or one fixed version."""
     from kserve.model_repository import ModelRepository
@@ -451,8 +452,7 @@ def serve(
         raise UserError("serve needs a registry or a storage URI")
     import warnings
 
-    # KServe logs two timing lines per request, and FastAPI warns about KServe's response class.
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    # FastAPI warns about KServe's response class on every request.
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
     model = build_model(router, watcher, poll_seconds)
     model.load()
@@ -461,7 +461,15 @@ def serve(
 
     app.add_middleware(BodyCap)
 
-    server = RESTServer(
+    class LeanRESTServer(RESTServer):  # type: ignore[misc]
+        """KServe's REST server without its per-request timing middleware (two log lines per request)."""
+
+        def _add_middlewares(self, app: Any) -> None:
+            pass
+
+    if not access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    server = LeanRESTServer(
         "kserve.model_server:app",
         DataPlane(model_registry=repository),
         ModelRepositoryExtension(model_registry=repository),

@@ -444,6 +444,7 @@ def serve(
         str, typer.Option(help="Inference precision: auto (bfloat16 where the CPU has it), bfloat16, float32.")
     ] = "auto",
     inference_threads: Annotated[int, typer.Option(help="TensorFlow intra-op threads (0 = all cores).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics)."""
     registry = None
@@ -454,7 +455,7 @@ def serve(
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
     from steps.serving import serve as run_server
 
-    run_server(registry, host, port, poll, storage_uri, precision, inference_threads)
+    run_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log)
 
 
 @app.command()
