@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import queue
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -432,6 +433,7 @@ def serve(
     precision: str = "auto",
     threads: int = 1,
     access_log: bool = False,
+    reuse_port: bool = False,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM: the registry's aliases, or one fixed version."""
     from kserve.model_repository import ModelRepository
@@ -477,4 +479,15 @@ def serve(
     )
     server.config.host = host  # KServe binds 0.0.0.0; we bind what we were told
     log.info("serving %s on http://%s:%d", MODEL_NAME, host, port)
-    asyncio.run(server.start())
+    if not reuse_port:
+        asyncio.run(server.start())
+        return
+    # One of several processes sharing the port: the kernel spreads connections over them.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
+    sock.bind((host, port))
+    sock.listen(2048)
+    server.create_application()
+    asyncio.run(server._server.serve(sockets=[sock]))

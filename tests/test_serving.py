@@ -285,3 +285,22 @@ def test_load_image_converts_any_size_photo_to_the_training_look(tmp_path: Path)
     image = load_image(tmp_path / "shoe.jpg")
     assert image.shape == (28, 28) and image.dtype == np.float32
     assert image[14, 14] > 200 and image[0, 0] < 10  # light object on a dark ground, centred
+
+
+def test_several_worker_processes_share_the_port_and_stop_together(trained_store: TrainedStore) -> None:
+    import psutil
+
+    root = Registry(open_store(trained_store.store_uri)).version_uri(trained_store.good)
+    process = ServerProcess(trained_store.store_uri, "--storage-uri", root, "--workers", "2")
+    try:
+        children = psutil.Process(process.proc.pid).children()
+        assert len(children) == 2
+        session = requests.Session()
+        for _ in range(10):
+            fresh = requests.post(process.url + PREDICT, json={"instances": image_batch(2)}, timeout=10)
+            assert fresh.status_code == 200 and fresh.headers["X-Model-Version"] == trained_store.good
+            assert session.post(process.url + PREDICT, json={"instances": image_batch(1)}, timeout=10).ok
+    finally:
+        process.stop()
+    assert process.proc.returncode == 0
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)

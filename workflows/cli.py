@@ -445,6 +445,10 @@ def serve(
     ] = "auto",
     inference_threads: Annotated[int, typer.Option(help="TensorFlow intra-op threads (0 = all cores).")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    workers: Annotated[
+        int, typer.Option(help="Server processes sharing the port, each with its own copy of the model.")
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics)."""
     registry = None
@@ -452,10 +456,46 @@ def serve(
         registry = _registry()
         if registry.alias("production") is None:
             raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
+    if workers > 1:
+        _serve_workers(workers)
+        return
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
     from steps.serving import serve as run_server
 
-    run_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log)
+    run_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log, reuse_port)
+
+
+def _serve_workers(workers: int) -> None:
+    """Start `workers` copies of this serve command on one port (SO_REUSEPORT) and wait for them.
+
+    KServe's own multi-worker mode pickles the model, which TensorFlow models refuse; here each
+    process loads its own copy and follows the registry by itself.
+    """
+    import signal
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv:
+        if skip or arg.startswith("--workers="):
+            skip = False
+            continue
+        skip = arg == "--workers"
+        if not skip:
+            argv.append(arg)
+    children = [subprocess.Popen([*argv, "--reuse-port"]) for _ in range(workers)]
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # uvicorn ends by re-raising the signal it stopped on: that is a clean stop, not a failure.
+    stopped = {0, -signal.SIGTERM, -signal.SIGINT}
+    failed = [code for code in (child.wait() for child in children) if code not in stopped]
+    if failed:
+        raise typer.Exit(failed[0] if failed[0] > 0 else 1)
 
 
 @app.command()
