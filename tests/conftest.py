@@ -173,7 +173,7 @@ def bucket(s3_env: S3Server, request: pytest.FixtureRequest) -> str:
 
 @dataclass
 class TrainedStore:
-    """A registry with real models: `good` (full data, 2 epochs, ~90%) and `weak` (tiny subset)."""
+    """A registry with real models: `good` (full data, 5 epochs, ~93%) and `weak` (tiny subset)."""
 
     root: Path
     dataset_uri: str
@@ -196,7 +196,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -
     store = open_store(str(root / "store"))
     dataset = fetch_dataset(store, [(str(real_mirror), False)])
     registry = Registry(store)
-    good = train(dataset.uri, registry, TrainParams(epochs=2, seed=5), root / "good", code_version="test")
+    good = train(dataset.uri, registry, TrainParams(epochs=5, seed=5), root / "good", code_version="test")
     weak = train(
         dataset.uri, registry, TrainParams(epochs=1, train_limit=1500, seed=6), root / "weak", code_version="test"
     )

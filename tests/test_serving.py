@@ -234,7 +234,7 @@ def test_predict_cli_classifies_real_test_images_saved_as_png(
     labels = np.frombuffer(
         gzip.decompress((real_mirror / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8, offset=8
     )
-    picks = np.random.default_rng(0).choice(len(images), 300, replace=False)
+    picks = np.random.default_rng(0).choice(len(images), 500, replace=False)
     paths = []
     for i in picks:
         path = tmp_path / f"{i}.png"
