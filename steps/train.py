@@ -130,8 +130,7 @@ def _fit(
     import tensorflow as tf
 
     keras.utils.set_random_seed(params.seed)
-    policy = params.precision if params.precision != "float32" else "float32"
-    model = build_model(params.architecture, policy)
+    model = build_model(params.architecture, params.precision)
     steps_per_epoch = max(1, len(x) // params.batch_size)
     total = steps_per_epoch * params.epochs
     warmup = max(1, total // 10)
