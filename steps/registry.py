@@ -18,7 +18,6 @@ import hashlib
 import os
 import secrets
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from steps import __version__
 from steps.errors import UserError
-from steps.storage import FileStore, NotFound, Store
+from steps.storage import NotFound, Store
 
 MODEL_NAME = "fashion-mnist"
 ALIAS_RE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -132,14 +131,10 @@ class Registry:
         self.require(version)
         return self.store.read_json(f"{self._version_prefix(version)}/model-card.json")
 
-    def local_model_dir(self, version: str, scratch: Path | None = None) -> Path:
+    def local_model_dir(self, version: str) -> Path:
         """A local directory holding the version's SavedModel (downloaded if the store is remote)."""
         self.require(version)
-        key = f"{self._version_prefix(version)}/1"
-        if isinstance(self.store, FileStore):
-            return self.store.root / key
-        target = Path(scratch or tempfile.mkdtemp(prefix=f"model-{version}-"))
-        return self.store.download_dir(key, target)
+        return self.store.local_dir(f"{self._version_prefix(version)}/1")
 
     def add_record(self, version: str, kind: str, record: dict[str, Any]) -> str:
         """Attach a write-once record (evaluation, decision, ...) to a version; returns its key."""

@@ -105,12 +105,16 @@ class Loaded:
         return out["probabilities"].numpy(), out["class_id"].numpy()
 
 
-def load_version(registry: Registry, version: str) -> Loaded:
-    """Load and warm a version: the first calls trace and allocate, so requests never pay for them."""
-    loaded = Loaded(version=version, serve=load_serving_function(registry.local_model_dir(version)))
+def _load_warm(version: str, model_dir: Any) -> Loaded:
+    """Load and warm a SavedModel: the first calls trace and allocate, so requests never pay for them."""
+    loaded = Loaded(version=version, serve=load_serving_function(model_dir))
     for batch in (1, 32):
         loaded.predict(np.zeros((batch, 28, 28), np.float32))
     return loaded
+
+
+def load_version(registry: Registry, version: str) -> Loaded:
+    return _load_warm(version, registry.local_model_dir(version))
 
 
 class Batcher:
@@ -301,21 +305,10 @@ class BodyCap:
 
 def load_storage_uri(storage_uri: str) -> Loaded:
     """A fixed version from its root (what KServe's `storageUri` names): `<root>/1` is the SavedModel."""
-    import tempfile
-    from pathlib import Path
+    from steps.storage import open_store
 
-    from steps.storage import FileStore, open_store
-
-    root = open_store(storage_uri)
-    model_dir = (
-        root.root / "1"
-        if isinstance(root, FileStore)
-        else root.download_dir("1", Path(tempfile.mkdtemp(prefix="served-")) / "1")
-    )
-    loaded = Loaded(version=storage_uri.rstrip("/").rsplit("/", 1)[-1], serve=load_serving_function(model_dir))
-    for batch in (1, 32):
-        loaded.predict(np.zeros((batch, 28, 28), np.float32))
-    return loaded
+    version = storage_uri.rstrip("/").rsplit("/", 1)[-1]
+    return _load_warm(version, open_store(storage_uri).local_dir("1"))
 
 
 def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: float) -> Any:

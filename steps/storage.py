@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ class Store(ABC):
             keys.append(key)
         return keys
 
+    def local_dir(self, prefix: str) -> Path:
+        """A local directory with the objects under `prefix`: a temporary copy for a remote store."""
+        return self.download_dir(prefix, Path(tempfile.mkdtemp(prefix="fashion-pipeline-")))
+
     def download_dir(self, prefix: str, local: Path) -> Path:
         """Copy every object under `prefix` into `local`, keeping relative paths."""
         keys = self.list(prefix)
@@ -109,6 +114,11 @@ class FileStore(Store):
 
     def _path(self, key: str) -> Path:
         return self.root / key if key else self.root
+
+    def local_dir(self, prefix: str) -> Path:
+        if not self._path(prefix).is_dir():
+            raise NotFound(f"nothing found at {self.uri_of(prefix)}")
+        return self._path(prefix)
 
     def read_bytes(self, key: str) -> bytes:
         try:

@@ -55,6 +55,7 @@ def test_child_store_and_directory_round_trip(store: Store, tmp_path: Path) -> N
     assert store.list("models/v1") == ["models/v1/saved_model.pb", "models/v1/variables/variables.index"]
     copied = store.download_dir("models/v1", tmp_path / "copy")
     assert (copied / "variables" / "variables.index").read_bytes() == b"idx"
+    assert (store.local_dir("models/v1") / "saved_model.pb").read_bytes() == b"pb"
     assert store.child("models").uri == store.uri_of("models")
 
 
