@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the step image fashion-pipeline/steps:<version> (images/Dockerfile) with docker or podman,
-# then load it into the kind or minikube cluster of the current kubectl context, where the
-# templates' imagePullPolicy IfNotPresent finds it.
+# Build the step image docker.io/fashion-pipeline/steps:<version> (images/Dockerfile) with docker or
+# podman, under the exact, fully qualified name the templates reference (podman would otherwise tag
+# localhost/..., which no kind or minikube node resolves), then load it into the kind or minikube
+# cluster of the current kubectl context, where imagePullPolicy IfNotPresent finds it.
 #
 # Usage: scripts/build-image.sh [--no-load] [--print-image]
-# Env: CONTAINER_ENGINE=docker|podman (default: whichever answers, docker first).
+# Env: CONTAINER_ENGINE=docker|podman (default: whichever answers, docker first);
+#      PYTHON_IMAGE: the base (default python:3.11-slim-bookworm; scripts/build-base-image.sh makes
+#      an equivalent one from Debian packages where no registry can be reached).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,10 +17,10 @@ die() {
   exit 1
 }
 
-# The tag workflows/templates.py puts in every step: fashion-pipeline/steps:<steps.__version__>.
+# The name workflows/templates.py puts in every step: docker.io/fashion-pipeline/steps:<steps.__version__>.
 version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/steps/__init__.py")"
 [[ -n "$version" ]] || die "no __version__ in steps/__init__.py"
-image="fashion-pipeline/steps:$version"
+image="docker.io/fashion-pipeline/steps:$version"
 
 load=1
 for arg in "$@"; do
@@ -55,7 +58,24 @@ fi
 # Never put credentials embedded in a remote URL into an image label.
 source_url="$(git -C "$REPO" config --get remote.origin.url 2>/dev/null | sed -E 's#://[^/@]+@#://#' || true)"
 
+build_args=()
+[[ -n "${PYTHON_IMAGE:-}" ]] && build_args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
+# The machine's package-index configuration reaches pip inside the build: podman mounts the pip
+# config and CA bundle read-only for the RUN steps; both engines get pip's environment variables.
+pip_vars=(PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT)
+if [[ "$engine" == podman ]]; then
+  for path in /etc/pip.conf /etc/ssl/certs "${PIP_CONFIG_FILE:-}" "${PIP_CERT:-}"; do
+    if [[ -n "$path" && -e "$path" ]]; then build_args+=(--volume "$path:$path:ro"); fi
+  done
+  pip_vars+=(PIP_CONFIG_FILE PIP_CERT) # paths, mounted above
+fi
+for var in "${pip_vars[@]}"; do
+  if [[ -n "${!var:-}" ]]; then build_args+=(--build-arg "$var=${!var}"); fi
+done
+
 "$engine" build \
+  --network host \
+  "${build_args[@]}" \
   --file "$REPO/images/Dockerfile" \
   --build-arg "VERSION=$version" \
   --build-arg "CODE_VERSION=$code_version" \

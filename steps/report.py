@@ -84,9 +84,28 @@ def run_summary(registry: Registry, workflow: str, status: str, failures: str) -
 
 
 def _failed_nodes(failures: str) -> list[str]:
-    """Argo's `{{workflow.failures}}` is a JSON list of failed nodes (empty or unset when none)."""
-    try:
-        nodes = json.loads(failures) if failures.strip() else []
-    except json.JSONDecodeError:
-        return [failures]
-    return [f"{n.get('displayName', n.get('name', '?'))}: {n.get('message', '')}".strip() for n in nodes or []]
+    """The failed nodes named by Argo's `{{workflow.failures}}`.
+
+    Argo v4 passes the JSON list encoded again as a JSON string (`strconv.Quote` in
+    workflow/controller/operator.go): `"null"` with the quotes when nothing failed. Decoding stops
+    once a list (or null) comes out, so a once-encoded list and an empty value are read too.
+    """
+    value: Any = failures
+    for _ in range(2):
+        if not isinstance(value, str):
+            break
+        if not value.strip():
+            return []
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return [value]
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [str(value)]
+    return [
+        f"{n.get('displayName', n.get('name', '?'))} ({n.get('phase', 'Failed')}): {n.get('message', '')}".strip()
+        for n in value
+        if isinstance(n, dict)
+    ]

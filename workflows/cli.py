@@ -354,6 +354,16 @@ def _embedded_defaults(declared: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in defaults.items() if k in declared}
 
 
+def _file_store(values: dict[str, str]) -> Path | None:
+    """The directory of a file store the nodes use (a container runtime mounts it at the same path)."""
+    from steps.storage import open_store
+
+    store = values.get("store")
+    if not store or store.startswith("s3://"):
+        return None
+    return Path(open_store(store).uri.removeprefix("file://"))
+
+
 @app.command()
 def run(
     parameter: Annotated[
@@ -364,10 +374,21 @@ def run(
     ] = None,
     name: Annotated[str | None, typer.Option(help="The run's name (default: template name + random suffix).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run records and node logs go.")] = Path("runs"),
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="Where each node runs: process (this Python environment), or podman, docker, container "
+            "(whichever is installed): the template's image, as its pod runs on a cluster."
+        ),
+    ] = "process",
+    image: Annotated[
+        str | None, typer.Option(help="With a container runtime: run every node in this image instead.")
+    ] = None,
 ) -> None:
     """Run the pipeline on the local engine: the same compiled workflow `argo submit` sends."""
-    from workflows.engine import Engine, load_manifest, workflow_parameters
+    from workflows.engine import Engine, load_manifest, resolve_parameters, workflow_parameters
     from workflows.progress import Progress
+    from workflows.runtime import make_runtime
 
     if file is not None:
         manifest = load_manifest(file)
@@ -382,8 +403,9 @@ def run(
             raise UserError(f"-p {item!r}: use NAME=VALUE")
         overrides[key.strip()] = value
     values = {**_embedded_defaults(workflow_parameters(manifest)), **overrides}
+    node_runtime = make_runtime(runtime, image=image, file_store=_file_store(resolve_parameters(manifest, values)))
     with Progress() as progress:
-        engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update)
+        engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update, runtime=node_runtime)
         result = engine.execute()
     progress.final(result)
     if result.phase != "Succeeded":

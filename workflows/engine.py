@@ -4,10 +4,12 @@ It executes the subset this project emits — DAG tasks (`depends`/`dependencies
 script templates, workflow/input/output parameters (`valueFrom.path`, `default`, `globalName`),
 output artifacts, `when`, `retryStrategy`, `activeDeadlineSeconds`, `onExit`, template mutexes
 and the `{{workflow.*}}` variables used — with Argo's semantics. Anything else is refused by
-name before a node runs. Each node is a subprocess of the current Python environment; the
-container's output directory is mapped to a per-node directory under `runs/<workflow>/`.
-Fields that only matter to a cluster (pod security, resources, GC, metrics) are ignored and
-listed in the run record.
+name before a node runs. Values reach the nodes byte for byte as Argo v4.1.2 passes them. Where a
+node runs is the runtime's business (workflows/runtime.py): a subprocess of this Python environment
+(outputs mapped to a per-node directory under `runs/<workflow>/`), or the template's image under
+podman/docker with the pod's security context and limits. Fields that only matter to a cluster
+(GC, metrics, and on the process runtime pod security and resources) are ignored and listed in the
+run record.
 """
 
 from __future__ import annotations
@@ -18,10 +20,6 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
+from workflows.runtime import Exit, Pod, ProcessRuntime, Runtime, pod_name
 
 # What the engine executes, per object; keys listed as ignored only matter to a cluster.
 _SUPPORTED: dict[str, tuple[set[str], set[str]]] = {
@@ -97,7 +96,8 @@ _SUPPORTED: dict[str, tuple[set[str], set[str]]] = {
 _TASK_RESULTS = ("Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "Completed", "Any")
 _FINISHED = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 _VAR = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
-_KILL_GRACE_S = 5
+# Argo maps the entry node's phase to the workflow's (operator.go, operate): Skipped and Omitted succeed.
+_WORKFLOW_STATUS = {"Succeeded": "Succeeded", "Skipped": "Succeeded", "Omitted": "Succeeded", "Failed": "Failed"}
 
 
 class UnsupportedConstruct(UserError):
@@ -190,8 +190,11 @@ def resolve_parameters(manifest: dict[str, Any], overrides: dict[str, str]) -> d
     return values
 
 
-def check_supported(manifest: dict[str, Any]) -> list[str]:
-    """Refuse what the engine cannot execute (by name); returns the cluster-only fields it will ignore."""
+def check_supported(manifest: dict[str, Any], honoured: frozenset[str] = frozenset()) -> list[str]:
+    """Refuse what the engine cannot execute (by name); returns the cluster-only fields it will ignore.
+
+    `honoured` names the cluster-only fields the runtime applies (e.g. `container.securityContext`).
+    """
     kind = manifest.get("kind")
     if kind not in ("Workflow", "WorkflowTemplate"):
         raise UnsupportedConstruct(f"the local engine runs a Workflow or WorkflowTemplate, not {kind!r}")
@@ -204,7 +207,8 @@ def check_supported(manifest: dict[str, Any]) -> list[str]:
         supported, cluster_only = _SUPPORTED[what]
         for key in obj:
             if key in cluster_only:
-                ignored.append(f"{where}.{key}")
+                if f"{what}.{key}" not in honoured:
+                    ignored.append(f"{where}.{key}")
             elif key not in supported:
                 raise UnsupportedConstruct(f"{where}.{key} is not supported by the local engine")
 
@@ -238,8 +242,11 @@ def check_supported(manifest: dict[str, Any]) -> list[str]:
             check(body, "container", f"{where}.{kinds[0]}")
             for env in body.get("env", []):
                 check(env, "env", f"{where}.{kinds[0]}.env[{env.get('name')}]")
-                if "valueFrom" in env and set(env["valueFrom"]) - {"secretKeyRef", "configMapKeyRef"}:
-                    raise UnsupportedConstruct(f"{where}.env[{env['name']}].valueFrom: only secret/configMap refs")
+                if "valueFrom" in env and set(env["valueFrom"]) - {"secretKeyRef", "resourceFieldRef"}:
+                    kinds = ", ".join(sorted(set(env["valueFrom"]) - {"secretKeyRef", "resourceFieldRef"}))
+                    raise UnsupportedConstruct(
+                        f"{where}.env[{env['name']}].valueFrom.{kinds}: only secretKeyRef and resourceFieldRef"
+                    )
         inputs = template.get("inputs", {})
         check(inputs, "inputs", f"{where}.inputs")
         for param in inputs.get("parameters", []):
@@ -281,8 +288,21 @@ def substitute(text: str, scope: dict[str, str], where: str) -> str:
 
 
 def evaluate_when(expression: str) -> bool:
-    """Evaluate a substituted `when` like Argo (govaluate, with bare words read as strings)."""
-    return bool(_When(expression).parse())
+    """Evaluate a substituted `when` as Argo does: govaluate, with its variables turned into strings.
+
+    workflow/controller/operator.go `shouldExecute`: bare words are strings, `true`/`false` are
+    booleans, numbers are float64; `==` compares type and value; the result must be a boolean.
+    """
+    result = _When(expression).parse()
+    if not isinstance(result, bool):
+        raise UserError(f"Expected boolean evaluation for '{expression}'. Got {_go_value(result)}")
+    return result
+
+
+def _go_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class _When:
@@ -308,8 +328,7 @@ class _When:
             elif op is not None:
                 self.tokens.append(("op", op))
             elif word is not None:
-                lowered = word.lower()
-                self.tokens.append(("value", {"true": True, "false": False}.get(lowered, word)))
+                self.tokens.append(("value", {"true": True, "false": False}.get(word, word)))
             pos = match.end()
         self.pos = 0
 
@@ -329,18 +348,21 @@ class _When:
             raise UserError(f"when {self.text!r}: unexpected {self._peek()[1]!r}")  # type: ignore[index]
         return result
 
+    def _logical(self, op: str, left: Any, right: Any) -> bool:
+        if not (isinstance(left, bool) and isinstance(right, bool)):
+            raise UserError(f"when {self.text!r}: {op} needs booleans, got {_go_value(left)} and {_go_value(right)}")
+        return (left or right) if op == "||" else (left and right)
+
     def _or(self) -> Any:
         left = self._and()
         while self._take("||"):
-            right = self._and()
-            left = bool(left) or bool(right)
+            left = self._logical("||", left, self._and())
         return left
 
     def _and(self) -> Any:
         left = self._compare()
         while self._take("&&"):
-            right = self._compare()
-            left = bool(left) and bool(right)
+            left = self._logical("&&", left, self._compare())
         return left
 
     def _compare(self) -> Any:
@@ -350,18 +372,23 @@ class _When:
             self.pos += 1
             right = self._unary()
             op = token[1]
+            # govaluate's == is reflect.DeepEqual: a string never equals a number, nor a bool a number.
+            same = type(left) is type(right) and left == right
             if op == "==":
-                return left == right
+                return same
             if op == "!=":
-                return left != right
-            if not (isinstance(left, float) and isinstance(right, float)):
-                raise UserError(f"when {self.text!r}: {op} needs numbers")
+                return not same
+            if not (type(left) is type(right) and isinstance(left, float | str)):
+                raise UserError(f"when {self.text!r}: {op} compares two numbers or two strings")
             return {"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op]
         return left
 
     def _unary(self) -> Any:
         if self._take("!"):
-            return not bool(self._unary())
+            value = self._unary()
+            if not isinstance(value, bool):
+                raise UserError(f"when {self.text!r}: ! needs a boolean, got {_go_value(value)}")
+            return not value
         if self._take("("):
             value = self._or()
             if not self._take(")"):
@@ -434,9 +461,11 @@ class Engine:
         name: str | None = None,
         on_update: Callable[[Run], None] | None = None,
         executable_dir: Path | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.manifest = manifest
-        ignored = check_supported(manifest)
+        self.runtime: Runtime = runtime or ProcessRuntime(executable_dir)
+        ignored = check_supported(manifest, self.runtime.honoured)
         values = resolve_parameters(manifest, parameters or {})
         base = manifest.get("metadata", {}).get("name") or manifest.get("metadata", {}).get("generateName", "wf")
         run_name = name or f"{base.rstrip('-')}-{secrets.token_hex(3)}"
@@ -449,19 +478,16 @@ class Engine:
         self.templates = {t["name"]: t for t in manifest["spec"].get("templates", [])}
         self.run = Run(name=run_name, directory=directory, parameters=values, ignored=ignored)
         self.on_update = on_update or (lambda run: None)
-        self.executable_dir = executable_dir or Path(sys.executable).parent
         self.locks_dir = runs_dir / ".locks"
         self._lock = threading.Lock()
         self._deadline: float | None = None
         self._stopped: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._entry: tuple[str, str, str] = (manifest["spec"]["entrypoint"], "Running", "")
 
     def stop(self, reason: str = "stopped") -> None:
         """Like `argo stop`: kill the running node, run nothing more but the exit handler."""
         self._stopped = reason
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            self._kill(proc)
+        self.runtime.kill()
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _changed(self, node: Node | None = None) -> None:
@@ -506,23 +532,57 @@ class Engine:
             raise
         if self._deadline is not None and time.time() > self._deadline and phase != "Succeeded":
             message = "Step exceeded its deadline" if not message else message
-        self.run.phase, self.run.message = phase, message
+        status = _WORKFLOW_STATUS.get(phase, "Error")
+        self.run.phase, self.run.message = status, message
+        self._entry = (spec["entrypoint"], phase, message)
         if spec.get("onExit"):
             self._deadline = None  # the exit handler runs whatever happened, as after `argo stop`
             self._stopped = None
-            scope_extra = {"workflow.status": phase, "workflow.failures": json.dumps(self._failures())}
-            with contextlib.suppress(UserError):
-                self._run_template(spec["onExit"], "onExit", {}, extra_scope=scope_extra)
+            scope_extra = {"workflow.status": status, "workflow.failures": self.failures_value()}
+            try:
+                exit_phase, exit_message = self._run_template(spec["onExit"], "onExit", {}, extra_scope=scope_extra)
+            except UserError as exc:
+                exit_phase, exit_message = "Error", str(exc)
+            # operator.go: a Succeeded workflow whose exit handler failed is Failed (or Error).
+            if status == "Succeeded" and exit_phase in ("Failed", "Error"):
+                self.run.phase, self.run.message = exit_phase, exit_message
         self.run.finished = time.time()
         self._changed()
         return self.run
 
-    def _failures(self) -> list[dict[str, str]]:
-        return [
-            {"displayName": n.name, "message": n.message, "templateName": n.template, "phase": n.phase}
-            for n in self.run.nodes.values()
-            if n.phase in ("Failed", "Error")
+    def _node_id(self, name: str) -> str:
+        """Argo's node name: the workflow's name for the entry node, `<workflow>.<task>` for its tasks."""
+        return name if name == self.run.name else f"{self.run.name}.{name}"
+
+    def failures_value(self) -> str:
+        """`{{workflow.failures}}` byte for byte as Argo v4.1.2 passes it (workflow/controller/operator.go).
+
+        The failed nodes (the DAG node included) as a JSON list, then `strconv.Quote`d: a JSON string
+        holding JSON. With nothing failed, the list is Go's nil slice: the 6 characters `"null"`.
+        """
+        nodes = list(self.run.nodes.values())
+        entry_template, entry_phase, entry_message = self._entry
+        if "dag" in self.templates[entry_template]:
+            # The DAG is a node of its own, named after the workflow; a failed child fails it.
+            dag = Node(name=self.run.name, template=entry_template, phase=entry_phase, message=entry_message)
+            dag.finished = time.time()
+            nodes.insert(0, dag)
+        failures = [
+            {
+                "displayName": node.name,
+                "message": node.message,
+                "templateName": node.template,
+                "phase": node.phase,
+                "podName": pod_name(self.run.name, node.template, self._node_id(node.name)),
+                "finishedAt": _iso(node.finished),
+            }
+            for node in nodes
+            if node.phase in ("Failed", "Error")
         ]
+        # Go's json.Marshal: compact, and <, >, & escaped for HTML; strconv.Quote escapes as JSON does for ASCII.
+        marshalled = json.dumps(failures or None, separators=(",", ":"), ensure_ascii=False)
+        marshalled = marshalled.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        return json.dumps(marshalled, ensure_ascii=False)
 
     def _run_template(
         self,
@@ -693,59 +753,52 @@ class Engine:
         attempt_dir = self.run.directory / node.name / f"attempt-{node.attempts}"
         out_dir = attempt_dir / "outputs"
         out_dir.mkdir(parents=True, exist_ok=True)
-        body = template.get("container") or template.get("script") or {}
-        where = f"{node.name}"
-        container_paths = self._container_paths(template)
         try:
-            command = [
-                self._path_map(substitute(c, scope, f"{where}.command"), container_paths, out_dir)
-                for c in body.get("command", [])
-            ]
-            args = [
-                self._path_map(substitute(a, scope, f"{where}.args"), container_paths, out_dir)
-                for a in body.get("args", [])
-            ]
-            env = self._environment(body.get("env", []), scope, where, container_paths, out_dir)
+            pod = self._pod(template, node, scope, attempt_dir, out_dir)
         except UserError as exc:
             return "Error", str(exc)
-        if not command:
-            return "Error", f"{where}: the local engine needs an explicit command (it does not read image entrypoints)"
-        if "source" in body:
-            script = attempt_dir / "script"
-            script.write_text(substitute(body["source"], scope, f"{where}.source"))
-            args = [*args, str(script)]
-        argv = [self._executable(command[0]), *command[1:], *args]
-        log_path = attempt_dir / "log.txt"
-        node.log = str(log_path)
-        timeout = self._timeout(template)
-        with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=body.get("workingDir") or attempt_dir,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                return "Error", f"cannot start {argv[0]}: {exc.strerror}"
-            self._proc = proc
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._kill(proc)
-                return "Failed", "Step exceeded its deadline"
-            except KeyboardInterrupt:
-                self._kill(proc)
-                raise
-            finally:
-                self._proc = None
+        node.log = str(pod.log_path)
+        ended: Exit = self.runtime.execute(pod)
+        if ended.reason == "error":
+            return "Error", ended.message
+        if ended.reason == "deadline":
+            return "Failed", "Step exceeded its deadline"
         if self._stopped:
             return "Failed", f"Stopped: {self._stopped}"
-        if code != 0:
-            return "Failed", f"Error (exit code {code}): {self._last_line(log_path)}"
-        return self._collect_outputs(template, node, out_dir, container_paths)
+        if ended.code != 0:
+            return "Failed", f"Error (exit code {ended.code}): {self._last_line(pod.log_path)}"
+        return self._collect_outputs(template, node, out_dir, pod.output_dirs)
+
+    def _pod(
+        self, template: dict[str, Any], node: Node, scope: dict[str, str], attempt_dir: Path, out_dir: Path
+    ) -> Pod:
+        """The node's pod: every `{{...}}` substituted, as the Argo controller writes the pod spec."""
+        body = template.get("container") or template.get("script") or {}
+        where = node.name
+        env = []
+        for item in body.get("env", []):
+            entry = dict(item)
+            if "value" in item:
+                entry["value"] = substitute(str(item["value"]), scope, f"{where}.env.{item['name']}")
+            env.append(entry)
+        spec = self.manifest["spec"]
+        return Pod(
+            name=pod_name(self.run.name, template["name"], self._node_id(node.name)),
+            image=substitute(str(body.get("image", "")), scope, f"{where}.image"),
+            command=[substitute(c, scope, f"{where}.command") for c in body.get("command", [])],
+            args=[substitute(a, scope, f"{where}.args") for a in body.get("args", [])],
+            env=env,
+            working_dir=body.get("workingDir"),
+            output_dirs=self._container_paths(template),
+            out_dir=out_dir,
+            attempt_dir=attempt_dir,
+            log_path=attempt_dir / "log.txt",
+            timeout_s=self._timeout(template),
+            pod_security=template.get("securityContext") or spec.get("securityContext") or {},
+            container_security=body.get("securityContext") or {},
+            resources=body.get("resources") or {},
+            script=substitute(body["source"], scope, f"{where}.source") if "source" in body else None,
+        )
 
     def _timeout(self, template: dict[str, Any]) -> float | None:
         limits = []
@@ -756,33 +809,9 @@ class Engine:
         return min(limits) if limits else None
 
     @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL after a grace period (like a pod)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=_KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    @staticmethod
     def _last_line(log_path: Path) -> str:
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
         return lines[-1].strip()[:500] if lines else "no output"
-
-    def _executable(self, command: str) -> str:
-        """The container's command, from this Python environment first (the image is not pulled)."""
-        local = self.executable_dir / command
-        if local.is_file() and os.access(local, os.X_OK):
-            return str(local)
-        if command in ("python", "python3"):
-            return sys.executable
-        found = shutil.which(command)
-        if not found:
-            raise UserError(f"command {command!r} not found in {self.executable_dir} or on PATH")
-        return found
 
     def _container_paths(self, template: dict[str, Any]) -> list[str]:
         """Absolute directories the template writes outputs to, mapped to the node's directory."""
@@ -797,35 +826,24 @@ class Engine:
                 return str(out_dir) + text[len(root) :]
         return text
 
-    def _environment(
-        self, env: list[dict[str, Any]], scope: dict[str, str], where: str, paths: list[str], out_dir: Path
-    ) -> dict[str, str]:
-        result = dict(os.environ)
-        for item in env:
-            if "valueFrom" in item:
-                # Secrets live in the cluster; locally the same variable comes from this environment.
-                continue
-            value = self._path_map(
-                substitute(str(item.get("value", "")), scope, f"{where}.env.{item['name']}"), paths, out_dir
-            )
-            if value == "" and item["name"] in os.environ:
-                continue  # an empty default does not hide a locally configured value
-            result[item["name"]] = value
-        return result
-
     def _collect_outputs(
         self, template: dict[str, Any], node: Node, out_dir: Path, paths: list[str]
     ) -> tuple[str, str]:
+        """Output parameters and artifacts as Argo's executor saves them (workflow/executor/executor.go)."""
         outputs = template.get("outputs", {})
         values = {}
         for param in outputs.get("parameters", []):
             path = Path(self._path_map(param["valueFrom"]["path"], paths, out_dir))
             if path.is_file():
-                values[param["name"]] = path.read_text().strip()
+                # SaveParameters: the file's content with one trailing newline trimmed.
+                text = path.read_text()
+                values[param["name"]] = text[:-1] if text.endswith("\n") else text
             elif "default" in param["valueFrom"]:
                 values[param["name"]] = str(param["valueFrom"]["default"])
             else:
-                return "Error", f"output parameter {param['name']}: {param['valueFrom']['path']} was not written"
+                # The emissary saved nothing; the wait container's read of its copy fails like this.
+                missing = f"/var/run/argo/outputs/parameters{param['valueFrom']['path']}"
+                return "Error", f"open {missing}: no such file or directory"
         artifacts = {}
         for artifact in outputs.get("artifacts", []):
             path = Path(self._path_map(artifact["path"], paths, out_dir))
