@@ -11,7 +11,12 @@ export FASHION_MNIST_MIRROR ?= $(SHARED_MIRROR)
 # The pinned upstream schemas that `fashion-pipeline lint` validates against (see README).
 export FASHION_PIPELINE_SCHEMAS ?= $(wildcard $(CURDIR)/../shared/schemas)
 
-.PHONY: run test lint install clean
+# The TensorFlow of the pinned TF Serving runtimeVersion (steps/targets/kserve.py), in a side
+# environment: tests/test_serving_runtime.py loads the exported SavedModel there as TF Serving would.
+SERVING_TF_VENV ?= .venv-tf220
+SERVING_TF_STAMP := $(SERVING_TF_VENV)/.installed-tf2.20
+
+.PHONY: run test lint install clean serving-tf
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required (found %s); set PYTHON=python3.11" % sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -23,14 +28,24 @@ $(STAMP):
 
 install: $(STAMP)
 
+# tensorflow-cpu has wheels for x86_64 only; aarch64 takes tensorflow (the same version).
+$(SERVING_TF_STAMP):
+	$(PYTHON) -m venv $(SERVING_TF_VENV)
+	$(SERVING_TF_VENV)/bin/pip install --quiet --upgrade pip
+	$(SERVING_TF_VENV)/bin/pip install --quiet \
+		"tensorflow-cpu==2.20.*; platform_machine == 'x86_64'" "tensorflow==2.20.*; platform_machine != 'x86_64'"
+	touch $@
+
+serving-tf: $(SERVING_TF_STAMP)
+
 run: $(STAMP)
 	$(BIN)/fashion-pipeline run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(SERVING_TF_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/fashion-pipeline render --check
 	$(BIN)/fashion-pipeline lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(SERVING_TF_VENV) outputs

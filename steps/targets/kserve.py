@@ -37,8 +37,9 @@ from steps.targets.probe import probe_over_http
 log = logging.getLogger(__name__)
 
 GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-# TF Serving release built against TF 2.21, the version the pipeline trains with.
-DEFAULT_RUNTIME_VERSION = "2.21.0"
+# The `tensorflow/serving` image tag. There is no TF Serving 2.21 (tensorflow/serving#4130): 2.20.0 is
+# the newest release, and tests/test_serving_runtime.py checks that a TF 2.21 export answers under it.
+DEFAULT_RUNTIME_VERSION = "2.20.0"
 DEFAULT_SERVICE_ACCOUNT = "fashion-mnist-predictor"
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
