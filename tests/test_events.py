@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from steps.gate import FIRST_RUN_POLICIES
 from steps.model import ARCHITECTURES
@@ -204,10 +205,14 @@ def test_webhook_needs_a_bearer_token_and_caps_the_payload() -> None:
     assert webhook["maxPayloadSize"] == 65536
 
 
-def test_event_bus_pins_its_jetstream_version() -> None:
+def test_event_bus_pins_a_jetstream_version_the_pinned_argo_events_release_offers() -> None:
+    offered = yaml.safe_load((Path(__file__).parent / "upstream" / "argo-events-v1.9.11-jetstream.yaml").read_text())
+    cluster_up = (Path(__file__).parent.parent / "scripts" / "cluster-up.sh").read_text()
     version = events.event_bus()["spec"]["jetstream"]["version"]
 
-    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    assert f"ARGO_EVENTS_VERSION={offered['argoEvents']}" in cluster_up  # the list is the installed release's
+    assert version in {entry["version"] for entry in offered["versions"]}
+    assert version != "latest"  # pinned: `latest` changes with the release
 
 
 # -- the Lua script filter, run by a real Lua 5.1 (gopher-lua implements Lua 5.1) ------------------

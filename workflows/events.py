@@ -20,8 +20,9 @@ from workflows.payload import EVENT_ID, argo_string, load_payload_schema
 
 NAMESPACE = pipeline.NAMESPACE
 EVENT_BUS = "default"
-# A version listed in the argo-events-controller-config of Argo Events v1.9 (nats:2.10.10).
-JETSTREAM_VERSION = "2.10.10"
+# One of the versions Argo Events v1.9.11's controller config offers (tests/upstream/ keeps that list):
+# an EventBus asking for any other never deploys. Pinned, not `latest`, which moves with the release.
+JETSTREAM_VERSION = "2.10.29"
 EVENT_SOURCE = "fashion-retrain"
 EVENT_NAME = "retrain"
 WEBHOOK_PORT = 12000
