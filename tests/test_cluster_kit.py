@@ -151,6 +151,68 @@ def test_workflow_and_sensor_service_accounts_have_their_own_roles() -> None:
     assert rules == {("argoproj.io", "workflows"): {"create", "list"}, ("argoproj.io", "workflowtemplates"): {"get"}}
 
 
+def _grants(account: str) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs that the Roles bound to `account` grant."""
+    grants: dict[tuple[str, str], set[str]] = {}
+    for _, binding in _documents():
+        if binding["kind"] == "RoleBinding" and any(s["name"] == account for s in binding["subjects"]):
+            for rule in _find("Role", binding["roleRef"]["name"])["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        grants.setdefault((group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+def test_only_the_rollout_step_may_write_inference_services_and_nothing_lists_or_watches_them() -> None:
+    template = yaml.safe_load((ARGO / "workflow-template.yaml").read_text())
+    default_account = template["spec"]["serviceAccountName"]
+    steps = [t for t in template["spec"]["templates"] if "container" in t or "script" in t]
+    accounts = {t["name"]: t.get("serviceAccountName", default_account) for t in steps}
+    isvc = ("serving.kserve.io", "inferenceservices")
+    executor = {("argoproj.io", "workflowtaskresults"): {"create", "patch"}}
+
+    assert accounts.pop("rollout") == templates.ROLLOUT_SERVICE_ACCOUNT
+    assert set(accounts.values()) == {default_account} and default_account != templates.ROLLOUT_SERVICE_ACCOUNT
+    assert _grants(default_account) == executor
+    assert _grants(templates.ROLLOUT_SERVICE_ACCOUNT) == {**executor, isvc: {"get", "create", "patch", "delete"}}
+    for _, role in _documents():
+        if role["kind"] == "Role":
+            for rule in role["rules"]:
+                assert not {"list", "watch"} & set(rule["verbs"]) or "inferenceservices" not in rule["resources"]
+
+
+def _pod_spec(kind: str, name: str) -> dict[str, Any]:
+    return _find(kind, name)["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_the_event_source_minio_and_its_bucket_job_run_as_their_own_accounts_without_a_token() -> None:
+    event_source = next(doc for _, doc in _documents() if doc["kind"] == "EventSource")
+    accounts = {
+        "EventSource": event_source["spec"]["template"]["serviceAccountName"],
+        "minio": _pod_spec("Deployment", "minio")["serviceAccountName"],
+        "minio-buckets": _pod_spec("Job", "minio-buckets")["serviceAccountName"],
+    }
+
+    assert len(set(accounts.values())) == 3 and "default" not in accounts.values()
+    for account in accounts.values():
+        assert _find("ServiceAccount", account)["automountServiceAccountToken"] is False, account
+        assert _grants(account) == {}, account
+    for kind, name in (("Deployment", "minio"), ("Job", "minio-buckets")):
+        assert _pod_spec(kind, name)["automountServiceAccountToken"] is False
+
+
+def test_minio_images_come_from_quay_pinned_to_a_release() -> None:
+    images = [
+        container["image"]
+        for kind, name in (("Deployment", "minio"), ("Job", "minio-buckets"))
+        for container in _pod_spec(kind, name)["containers"]
+    ]
+
+    assert [image.split(":")[0] for image in images] == ["quay.io/minio/minio", "quay.io/minio/mc"]
+    for image in images:
+        assert re.fullmatch(r"[^:]+:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", image), image
+
+
 # -- the step image -------------------------------------------------------------------------------
 
 DOCKERFILE = REPO / "images" / "Dockerfile"

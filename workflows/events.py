@@ -32,6 +32,9 @@ WEBHOOK_SECRET = "fashion-pipeline-webhook"
 WEBHOOK_SECRET_KEY = "token"
 SENSOR = "fashion-retrain"
 SENSOR_SERVICE_ACCOUNT = "fashion-pipeline-sensor"
+# No API access: the webhook reads its authSecret from a mounted volume and, not being a Recreate-type
+# source, runs no leader election (argo-events v1.9.11 pkg/eventsources/eventing.go Start).
+EVENT_SOURCE_SERVICE_ACCOUNT = "fashion-pipeline-eventsource"
 DEPENDENCY = "retrain"
 TRIGGER = "retrain"
 WORKFLOW_NAME_PREFIX = "retrain-"
@@ -61,6 +64,7 @@ def event_source() -> dict[str, Any]:
         "metadata": _metadata(EVENT_SOURCE),
         "spec": {
             "eventBusName": EVENT_BUS,
+            "template": {"serviceAccountName": EVENT_SOURCE_SERVICE_ACCOUNT},
             "service": {"ports": [{"name": "webhook", "port": WEBHOOK_PORT, "targetPort": WEBHOOK_PORT}]},
             "webhook": {
                 EVENT_NAME: {

@@ -27,6 +27,8 @@ IMAGE = f"fashion-pipeline/steps:{__version__}"
 OUTPUTS = "/tmp/outputs"
 S3_SECRET = "fashion-pipeline-s3"
 ROLLOUT_MUTEX = "fashion-mnist-rollout"
+# The only step that writes InferenceServices runs as the only account allowed to (argo/rbac.yaml).
+ROLLOUT_SERVICE_ACCOUNT = "fashion-pipeline-rollout"
 
 _SECURITY = m.SecurityContext(
     allow_privilege_escalation=False,
@@ -202,6 +204,7 @@ def rollout() -> Container:
         ],
         retry_strategy=RetryStrategy(limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=2)),
         synchronization=m.Synchronization(mutexes=[m.Mutex(name=ROLLOUT_MUTEX)]),
+        service_account_name=ROLLOUT_SERVICE_ACCOUNT,
     )
 
 
