@@ -16,12 +16,14 @@ Import this module only in the server process: `import kserve` parses `sys.argv`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import queue
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +130,12 @@ class Batcher:
         self.max_images = max_images
         self._queue: queue.SimpleQueue[tuple[Loaded, np.ndarray, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     async def predict(self, loaded: Loaded, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -171,8 +178,11 @@ class Batcher:
             future.get_loop().call_soon_threadsafe(_set_result, future, result)
             start = end
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30) -> None:
+        """Answer what is queued, then end the thread."""
         self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:
@@ -223,6 +233,30 @@ class AliasWatcher:
         self.router = router
         self.cache: dict[str, Loaded] = {}
         self.failed: set[str] = set()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, poll_seconds: float) -> None:
+        """Follow the aliases every `poll_seconds` in a thread of its own, until `stop`."""
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._follow, args=(poll_seconds,), name="alias-watcher", daemon=True)
+        self._thread.start()
+
+    def _follow(self, poll_seconds: float) -> None:
+        while not self._stopping.wait(poll_seconds):
+            try:
+                self.sync()
+            except Exception as exc:  # the watcher must survive a flaky store
+                log.warning("alias check failed: %s", exc)
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop following; a version being loaded finishes loading first."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def _get(self, version: str) -> Loaded | None:
         if version in self.cache:
@@ -315,36 +349,41 @@ def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: floa
     """The kserve.Model serving `fashion-mnist` (kserve is imported here, in the server process).
 
     With a watcher the versions follow the registry's aliases; without, the router's model is fixed.
+    Its lifecycle is kserve.Model's: `load` makes it ready and starts the inference thread and the
+    alias watcher; `stopping` turns readiness off when the server begins to stop; `stop` ends both
+    threads once the last request is answered.
     """
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-    batcher = Batcher()
-
     class FashionModel(kserve.Model):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__(MODEL_NAME, return_response_headers=True)
-            self._watch_task: asyncio.Task[None] | None = None
+            self.batcher = Batcher()
+            self.watcher = watcher
 
         def load(self) -> bool:
             if watcher is not None:
                 watcher.sync()
             self.ready = router.production is not None
+            if self.ready:
+                self.batcher.start()
+                if watcher is not None:
+                    watcher.start(poll_seconds)
             return self.ready
 
-        async def watch(self) -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                await asyncio.sleep(poll_seconds)
-                try:
-                    await loop.run_in_executor(None, watcher.sync)  # type: ignore[union-attr]
-                except Exception as exc:  # the watcher must survive a flaky store
-                    log.warning("alias check failed: %s", exc)
+        def stopping(self) -> None:
+            """The server stops taking requests: readiness goes false first, as a pod's does."""
+            self.ready = False
+
+        def stop(self) -> None:
+            self.ready = False
+            if watcher is not None:
+                watcher.stop()
+            self.batcher.close()
 
         async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            if self._watch_task is None and watcher is not None:
-                self._watch_task = asyncio.get_running_loop().create_task(self.watch())
             try:
                 if isinstance(payload, InferRequest):
                     if len(payload.inputs) != 1:
@@ -360,7 +399,7 @@ def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: floa
         ) -> Any:
             protocol, request_id, images = request
             served, role = router.pick((headers or {}).get(ROUTE_HEADER.lower(), ""))
-            probabilities, class_id = await batcher.predict(served, images)
+            probabilities, class_id = await self.batcher.predict(served, images)
             if response_headers is not None:
                 response_headers[VERSION_HEADER] = served.version
                 response_headers[ROLE_HEADER] = role
@@ -417,7 +456,83 @@ def configure_runtime(precision: str, threads: int) -> str:
     return precision
 
 
-def serve(
+class ModelServer:
+    """The process side of serving, as kserve's ModelServer: socket, HTTP server, stop.
+
+    Signals stay with the caller, which calls `stop` (readiness off, no new connections, requests in
+    flight answered, then the model's threads end) or `force` (open connections dropped) from any
+    thread. uvicorn's own handlers are left out: they ignore a second SIGTERM and re-raise the
+    signal after a clean stop, which makes a clean stop look like a crash.
+    """
+
+    def __init__(self, model: Any, host: str, port: int, access_log: bool = False, reuse_port: bool = False) -> None:
+        from kserve.model_repository import ModelRepository
+        from kserve.model_server import app
+        from kserve.protocol.dataplane import DataPlane
+        from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+        from kserve.protocol.rest.server import RESTServer
+
+        self.model = model
+        self.host, self.port, self.reuse_port = host, port, reuse_port
+        repository = ModelRepository()
+        repository.update(model)
+        app.add_middleware(BodyCap)
+
+        class LeanRESTServer(RESTServer):  # type: ignore[misc]
+            """KServe's REST server without its per-request timing middleware (two log lines per request)."""
+
+            def _add_middlewares(self, app: Any) -> None:
+                pass
+
+        if not access_log:
+            logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        self.rest = LeanRESTServer(
+            "kserve.model_server:app",
+            DataPlane(model_registry=repository),
+            ModelRepositoryExtension(model_registry=repository),
+            http_port=port,
+        )
+        self.rest.config.host = host  # KServe binds 0.0.0.0; we bind what we were told
+
+        class CallerSignals(type(self.rest._server)):  # type: ignore[misc]
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.http = CallerSignals(self.rest.config)
+        self.rest._server = self.http
+
+    def run(self) -> None:
+        """Serve until `stop` or `force`; the model's threads are ended before this returns."""
+        log.info("serving %s on http://%s:%d", MODEL_NAME, self.host, self.port)
+        try:
+            if not self.reuse_port:
+                asyncio.run(self.rest.start())
+                return
+            # One of several processes sharing the port: the kernel spreads connections over them.
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
+            sock.bind((self.host, self.port))
+            sock.listen(2048)
+            self.rest.create_application()
+            asyncio.run(self.http.serve(sockets=[sock]))
+        finally:
+            self.model.stop()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self.model.stopping()
+        self.http.should_exit = True
+
+    def force(self) -> None:
+        self.model.stopping()
+        self.http.force_exit = True
+        self.http.should_exit = True
+
+
+def build_server(
     registry: Registry | None,
     host: str,
     port: int,
@@ -427,14 +542,8 @@ def serve(
     threads: int = 1,
     access_log: bool = False,
     reuse_port: bool = False,
-) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM: the registry's aliases, or one fixed version."""
-    from kserve.model_repository import ModelRepository
-    from kserve.model_server import app
-    from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import RESTServer
-
+) -> ModelServer:
+    """Load the model (the registry's aliases, or one fixed version) and set the server up around it."""
     precision = configure_runtime(precision, threads)
     log.info("inference in %s on %s thread(s)", precision, threads or "all")
     router = Router()
@@ -451,36 +560,4 @@ def serve(
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
     model = build_model(router, watcher, poll_seconds)
     model.load()
-    repository = ModelRepository()
-    repository.update(model)
-
-    app.add_middleware(BodyCap)
-
-    class LeanRESTServer(RESTServer):  # type: ignore[misc]
-        """KServe's REST server without its per-request timing middleware (two log lines per request)."""
-
-        def _add_middlewares(self, app: Any) -> None:
-            pass
-
-    if not access_log:
-        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    server = LeanRESTServer(
-        "kserve.model_server:app",
-        DataPlane(model_registry=repository),
-        ModelRepositoryExtension(model_registry=repository),
-        http_port=port,
-    )
-    server.config.host = host  # KServe binds 0.0.0.0; we bind what we were told
-    log.info("serving %s on http://%s:%d", MODEL_NAME, host, port)
-    if not reuse_port:
-        asyncio.run(server.start())
-        return
-    # One of several processes sharing the port: the kernel spreads connections over them.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
-    sock.bind((host, port))
-    sock.listen(2048)
-    server.create_application()
-    asyncio.run(server._server.serve(sockets=[sock]))
+    return ModelServer(model, host, port, access_log, reuse_port)

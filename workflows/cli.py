@@ -478,46 +478,24 @@ def serve(
         registry = _registry()
         if registry.alias("production") is None:
             raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
+    from workflows.shutdown import Shutdown
+
+    shutdown = Shutdown("serve").install()
     if workers > 1:
-        _serve_workers(workers)
+        from workflows.serve_workers import supervise, worker_argv
+
+        if not supervise(worker_argv(sys.argv), workers, shutdown):
+            raise typer.Exit(1)
         return
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
-    from steps.serving import serve as run_server
+    from steps.serving import build_server
 
-    run_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log, reuse_port)
-
-
-def _serve_workers(workers: int) -> None:
-    """Start `workers` copies of this serve command on one port (SO_REUSEPORT) and wait for them.
-
-    KServe's own multi-worker mode pickles the model, which TensorFlow models refuse; here each
-    process loads its own copy and follows the registry by itself.
-    """
-    import signal
-    import subprocess
-
-    argv, skip = [], False
-    for arg in sys.argv:
-        if skip or arg.startswith("--workers="):
-            skip = False
-            continue
-        skip = arg == "--workers"
-        if not skip:
-            argv.append(arg)
-    children = [subprocess.Popen([*argv, "--reuse-port"]) for _ in range(workers)]
-
-    def forward(signum: int, frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    # uvicorn ends by re-raising the signal it stopped on: that is a clean stop, not a failure.
-    stopped = {0, -signal.SIGTERM, -signal.SIGINT}
-    failed = [code for code in (child.wait() for child in children) if code not in stopped]
-    if failed:
-        raise typer.Exit(failed[0] if failed[0] > 0 else 1)
+    server = build_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log, reuse_port)
+    shutdown.on_stop(server.stop)
+    shutdown.on_force(server.force)
+    server.run()
+    if shutdown.forced.is_set():
+        raise typer.Exit(1)
 
 
 @app.command()

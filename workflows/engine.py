@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
+from workflows.node_watch import NodeProgress, watch_node
 from workflows.runtime import Exit, Pod, ProcessRuntime, Runtime, pod_name
 
 # What the engine executes, per object; keys listed as ignored only matter to a cluster.
@@ -116,6 +117,7 @@ class Node:
     outputs: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
+    progress: str = ""  # `N/M` as the step last reported it (ARGO_PROGRESS_FILE)
 
     @property
     def duration(self) -> float | None:
@@ -133,6 +135,7 @@ class Node:
             "finished": _iso(self.finished),
             "duration_s": round(self.duration, 3) if self.duration is not None else None,
             "attempts": self.attempts,
+            "progress": self.progress,
             "outputs": {"parameters": self.outputs, "artifacts": self.artifacts},
             "log": self.log,
         }
@@ -482,12 +485,18 @@ class Engine:
         self._lock = threading.Lock()
         self._deadline: float | None = None
         self._stopped: str | None = None
+        self._terminated = False
         self._entry: tuple[str, str, str] = (manifest["spec"]["entrypoint"], "Running", "")
 
     def stop(self, reason: str = "stopped") -> None:
         """Like `argo stop`: kill the running node, run nothing more but the exit handler."""
         self._stopped = reason
         self.runtime.kill()
+
+    def terminate(self, reason: str = "terminated") -> None:
+        """Like `argo terminate`: as `stop`, and the exit handler is skipped (or killed if running)."""
+        self._terminated = True
+        self.stop(reason)
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _changed(self, node: Node | None = None) -> None:
@@ -532,10 +541,12 @@ class Engine:
             raise
         if self._deadline is not None and time.time() > self._deadline and phase != "Succeeded":
             message = "Step exceeded its deadline" if not message else message
+        if self._stopped and phase != "Succeeded":
+            message = f"Stopped: {self._stopped}"  # the reason, rather than which child it failed
         status = _WORKFLOW_STATUS.get(phase, "Error")
         self.run.phase, self.run.message = status, message
         self._entry = (spec["entrypoint"], phase, message)
-        if spec.get("onExit"):
+        if spec.get("onExit") and not self._terminated:
             self._deadline = None  # the exit handler runs whatever happened, as after `argo stop`
             self._stopped = None
             scope_extra = {"workflow.status": status, "workflow.failures": self.failures_value()}
@@ -676,6 +687,13 @@ class Engine:
             return "Failed", f"child {', '.join(failed)} failed"
         return "Succeeded", ""
 
+    def _progressed(self, node: Node, progress: NodeProgress) -> None:
+        node.progress, node.message = progress.text, progress.message
+        self._changed(node)
+
+    def _stop_requested(self) -> bool:
+        return self._stopped is not None
+
     def _stop_reason(self) -> str | None:
         if self._stopped:
             return f"Stopped: {self._stopped}"
@@ -758,7 +776,10 @@ class Engine:
         except UserError as exc:
             return "Error", str(exc)
         node.log = str(pod.log_path)
-        ended: Exit = self.runtime.execute(pod)
+        with watch_node(
+            pod.progress_path, lambda p: self._progressed(node, p), self._stop_requested, self.runtime.kill
+        ):
+            ended: Exit = self.runtime.execute(pod)
         if ended.reason == "error":
             return "Error", ended.message
         if ended.reason == "deadline":

@@ -1,0 +1,126 @@
+"""Clean stop for the long-running commands: SIGTERM or SIGINT asks once, a second signal forces.
+
+systemd, `docker stop` and Kubernetes send SIGTERM; a terminal sends SIGINT. Both are handled
+whatever disposition was inherited: a process started with SIGINT ignored (a background job of a
+non-interactive shell, `nohup`, a CI runner) still stops on either. SIGHUP is left alone, so
+`nohup` keeps its meaning.
+
+The handler only records the request; the stopping runs in an ordinary thread. A handler runs in
+the main thread between two bytecodes, possibly inside `Popen.wait` on the very child it would
+have to stop, so it must never wait on anything itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("shutdown")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORCED_EXIT_S = 15.0  # after a second signal, the longest the process still takes to exit
+EXIT_FORCED = 1
+
+
+class Shutdown:
+    """One stop request per process; `on_stop`/`on_force` callbacks run in a thread of their own."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.requested = threading.Event()
+        self.forced = threading.Event()
+        self.reason = ""
+        self._stop: list[Callable[[], None]] = []
+        self._force: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def install(self) -> Shutdown:
+        """Handle SIGTERM and SIGINT from now on (call from the main thread)."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+        threading.Thread(target=self._on_request, name="shutdown", daemon=True).start()
+        return self
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once a stop is requested (at once if it already was)."""
+        with self._lock:
+            self._stop.append(callback)
+            already = self.requested.is_set()
+        if already:
+            _spawn(callback)
+
+    def on_force(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._force.append(callback)
+            already = self.forced.is_set()
+        if already:
+            _spawn(callback)
+
+    def request(self, reason: str) -> None:
+        """Ask for a stop as a signal would; a second request forces."""
+        if not self.requested.is_set():
+            self.reason = reason
+            self.requested.set()
+        elif not self.forced.is_set():
+            self.forced.set()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.request(f"{self.what} received {signal.Signals(signum).name}")
+
+    def _on_request(self) -> None:
+        self.requested.wait()
+        log.info("stopping: %s (a second signal forces)", self.reason)
+        with self._lock:
+            callbacks = list(self._stop)
+        for callback in callbacks:
+            _spawn(callback)
+        self.forced.wait()
+        log.warning("forced stop: killing what is left")
+        with self._lock:
+            callbacks = list(self._force)
+        for callback in callbacks:
+            _spawn(callback)
+        # Whatever still hangs, the process ends within a bounded time after the second signal.
+        timer = threading.Timer(FORCED_EXIT_S, _exit_now)
+        timer.daemon = True
+        timer.start()
+
+    @property
+    def reason_or_default(self) -> str:
+        return self.reason or f"{self.what} stopped"
+
+
+def _spawn(callback: Callable[[], None]) -> None:
+    threading.Thread(target=_guarded, args=(callback,), name="shutdown-step", daemon=True).start()
+
+
+def _guarded(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # one failing step must not keep the others from stopping things
+        log.exception("while stopping")
+
+
+def _exit_now() -> None:
+    kill_descendants()
+    os._exit(EXIT_FORCED)
+
+
+def kill_descendants() -> None:
+    """SIGKILL every process this one started, in any process group or session."""
+    import psutil  # a dependency of kserve
+
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+def terminate_group(pid: int, signum: int = signal.SIGTERM) -> None:
+    """Signal a child's whole process group (the child leads it); a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
