@@ -8,12 +8,15 @@ explicit `first_run` policy decides. `force` promotes regardless, and needs a re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from steps.errors import UserError
 
 FIRST_RUN_POLICIES = ("promote", "reject")
+TEMPLATE_DEFAULT = "template default"
+OPERATOR_OVERRIDE = "operator override"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,28 @@ class Policy:
             raise UserError(f"first_run must be one of {', '.join(FIRST_RUN_POLICIES)} (got {self.first_run!r})")
         if self.force and not self.force_reason.strip():
             raise UserError("force needs a reason: pass --force-reason 'why this model must ship' (it is recorded)")
+
+
+# The policy values a run sets (force is a CLI-only override, recorded on its own).
+POLICY_FIELDS = ("min_accuracy", "min_class_recall", "min_delta", "alpha", "allow_equal", "tolerance", "first_run")
+
+
+def policy_sources(policy: Policy, operator: Mapping[str, str], launcher: str) -> dict[str, str]:
+    """Where each policy value came from: the template's default (Policy's defaults), or an operator's override.
+
+    `operator` holds the `-p` values the launcher recorded; a value that differs from the default
+    without such a record was set where this run cannot see (argo submit -p, an edited template).
+    """
+    defaults = Policy()
+    sources = {}
+    for name in POLICY_FIELDS:
+        if name in operator:
+            sources[name] = f"{OPERATOR_OVERRIDE} ({launcher} -p {name}={operator[name]})"
+        elif getattr(policy, name) == getattr(defaults, name):
+            sources[name] = TEMPLATE_DEFAULT
+        else:
+            sources[name] = f"{OPERATOR_OVERRIDE} (differs from the template default; the launcher did not record it)"
+    return sources
 
 
 def _check(name: str, passed: bool, value: Any, threshold: Any, detail: str) -> dict[str, Any]:

@@ -92,8 +92,12 @@ def rollout(
     policy: RolloutPolicy,
     reason: str,
     out_dir: Path,
+    audit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Roll `version` out on `target` (None: no server to deploy to, so a preflighted registry promotion)."""
+    """Roll `version` out on `target` (None: no server to deploy to, so a preflighted registry promotion).
+
+    `audit` (which workflow and trigger asked for this) goes into the record and the alias history.
+    """
     policy.check()
     registry.require(version)
     dataset = load_dataset(dataset_uri)
@@ -103,13 +107,14 @@ def rollout(
         "target": target.name if target else "registry",
         "reason": reason,
         "policy": asdict(policy),
+        **(audit or {}),
         "outcome": "failed",
         "checks": [],
     }
     try:
         record["preflight"] = preflight(registry.local_model_dir(version), images, labels)
         log.info("preflight passed: sample accuracy %.3f", record["preflight"]["sample_accuracy"])
-        _roll(registry, version, target, policy, reason, images, labels, record)
+        _roll(registry, version, target, policy, reason, images, labels, record, audit or {})
     except UserError as exc:  # a failed check, or the target refusing (e.g. the Kubernetes API)
         record["error"] = str(exc)
         raise
@@ -134,6 +139,7 @@ def _roll(
     images: np.ndarray,
     labels: np.ndarray,
     record: dict[str, Any],
+    audit: dict[str, Any],
 ) -> None:
     production = registry.alias("production")
     record["registry_production"] = production["version"] if production else None
@@ -141,7 +147,7 @@ def _roll(
         if record["registry_production"] == version:
             record["outcome"] = "unchanged"
         else:
-            registry.set_alias("production", version, reason, actor="rollout:registry")
+            registry.set_alias("production", version, reason, actor="rollout:registry", extra=audit)
             record["outcome"] = "promoted"
         record["served_version"] = None
         log.info(
@@ -162,7 +168,7 @@ def _roll(
         record["served_version"] = version
         if record["registry_production"] != version:
             registry.set_alias(
-                "production", version, f"{reason} (already live on {target.name})", f"rollout:{target.name}"
+                "production", version, f"{reason} (already live on {target.name})", f"rollout:{target.name}", audit
             )
         log.info("version %s is already live on %s", version, target.name)
         return
@@ -204,11 +210,11 @@ def _roll(
         _rollback(target, version, record, f"the canary failed its probe: {summary}")
 
     if target.follows_registry:
-        registry.set_alias("production", version, reason, actor=f"rollout:{target.name}")
+        registry.set_alias("production", version, reason, actor=f"rollout:{target.name}", extra=audit)
         target.promote(version)
     else:
         target.promote(version)
-        registry.set_alias("production", version, reason, actor=f"rollout:{target.name}")
+        registry.set_alias("production", version, reason, actor=f"rollout:{target.name}", extra=audit)
     record["outcome"] = "promoted"
     record["served_version"] = version
     log.info("version %s promoted on %s", version, target.name)

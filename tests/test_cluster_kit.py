@@ -335,7 +335,7 @@ def _trigger(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_trigger_posts_a_typed_payload_that_keeps_the_contract(webhook: tuple[str, list[Any]]) -> None:
     url, received = webhook
-    result = _trigger(url, "epochs=2", "learning_rate=0.002", "allow_equal=true", "reason=new drop 2026")
+    result = _trigger(url, "epochs=2", "learning_rate=0.002", "seed=7", "reason=new drop 2026")
 
     assert result.returncode == 0, result.stderr
     [(headers, body)] = received
@@ -346,7 +346,7 @@ def test_trigger_posts_a_typed_payload_that_keeps_the_contract(webhook: tuple[st
     assert {k: v for k, v in payload.items() if k != "event_id"} == {
         "epochs": 2,
         "learning_rate": 0.002,
-        "allow_equal": True,
+        "seed": 7,
         "reason": "new drop 2026",
     }
     assert f"retrain-{payload['event_id']}" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,11 +13,21 @@ from typing import Any
 import pytest
 import yaml
 
-from steps.gate import FIRST_RUN_POLICIES
+from steps.errors import UserError
+from steps.gate import POLICY_FIELDS, Policy
 from steps.model import ARCHITECTURES
+from steps.rollout import RolloutPolicy
 from steps.train import PRECISIONS
-from workflows import events, pipeline
-from workflows.payload import load_payload_schema, payload_to_parameters, validate_payload
+from workflows import events, pipeline, trigger
+from workflows.payload import (
+    DEFAULT_DATA_URL_PREFIXES,
+    check_data_url_prefixes,
+    data_url_problem,
+    load_payload_schema,
+    operator_arguments,
+    payload_to_parameters,
+    validate_payload,
+)
 from workflows.render import rendered
 from workflows.validate import lint_paths
 
@@ -36,19 +47,33 @@ EVERY_FIELD = {
     "architecture": "fast-cnn",
     "train_limit": 5000,
     "precision": "float32",
-    "min_accuracy": 0.85,
-    "min_class_recall": 0.5,
-    "min_delta": -0.01,
-    "alpha": 0.1,
-    "allow_equal": True,
-    "tolerance": 0.01,
-    "first_run": "reject",
-    "canary_percent": 25,
 }
-BOOLEANS = {"event_id": "b", "allow_equal": False}
 # Numbers whose JSON text is not what Python's str() gives: the Sensor (gjson) decides.
-NUMBER_FORMS = {"event_id": "n-1", "epochs": 8.0, "learning_rate": 1e-05, "min_delta": 0.0, "seed": 4294967295}
-VALID = [MINIMAL, EVERY_FIELD, BOOLEANS, NUMBER_FORMS]
+NUMBER_FORMS = {"event_id": "n-1", "epochs": 8.0, "learning_rate": 1e-05, "train_limit": 0.0, "seed": 4294967295}
+VALID = [MINIMAL, EVERY_FIELD, NUMBER_FORMS]
+# What an event once could say to push a worse model, and everything else that is the operator's.
+WEAKENED_GATE = {"min_accuracy": 0, "min_class_recall": 0, "allow_equal": True, "tolerance": 1, "min_delta": -1}
+OPERATOR_ONLY = {
+    **WEAKENED_GATE,
+    "alpha": 1,
+    "first_run": "promote",
+    "canary_percent": 100,
+    "rollout_target": "local",
+    "store": "file:///tmp/elsewhere",
+    "s3_endpoint": "http://169.254.169.254",
+    "trigger": '{"by":"schedule"}',
+}
+REFUSED_DATA_URLS = [
+    "file:///etc/passwd",
+    "file:///srv/drops/2026/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://mirror.local/fashion",
+    "https://data.example.com/drops/../../secrets/",
+    "https://data.example.com/drops/%2E%2E/x",
+    "s3://bucket/drops/./x",
+    "s3://bucket/drops/..",
+    "https://data.example.com\\..\\x",
+]
 
 INVALID = [
     ({}, "event_id"),
@@ -70,22 +95,14 @@ INVALID = [
     ({"event_id": "x", "architecture": "resnet"}, "architecture"),
     ({"event_id": "x", "train_limit": -5}, "train_limit"),
     ({"event_id": "x", "precision": "float16"}, "precision"),
-    ({"event_id": "x", "min_accuracy": 1.01}, "min_accuracy"),
-    ({"event_id": "x", "min_class_recall": -0.1}, "min_class_recall"),
-    ({"event_id": "x", "min_delta": -2}, "min_delta"),
-    ({"event_id": "x", "alpha": 0}, "alpha"),
-    ({"event_id": "x", "allow_equal": "true"}, "allow_equal"),
-    ({"event_id": "x", "allow_equal": 1}, "allow_equal"),
-    ({"event_id": "x", "tolerance": 2}, "tolerance"),
-    ({"event_id": "x", "first_run": "maybe"}, "first_run"),
-    ({"event_id": "x", "canary_percent": 101}, "canary_percent"),
-    ({"event_id": "x", "canary_percent": None}, "canary_percent"),
+    ({"event_id": "x", "epochs": None}, "epochs"),
     ({"event_id": "x", "reason": "r" * 201}, "reason"),
     ({"event_id": "x", "data_url": "ftp://mirror/fashion"}, "data_url"),
     ({"event_id": "x", "data_url": "https://mirror/a b"}, "data_url"),
     ({"event_id": "x", "data_url": "https://mirror/\n"}, "data_url"),
     ({"event_id": "x", "epoch": 3}, "epoch"),
-    ({"event_id": "x", "store": "s3://elsewhere"}, "store"),
+    *(({"event_id": "x", name: value}, name) for name, value in OPERATOR_ONLY.items()),
+    *(({"event_id": "x", "data_url": url}, "data_url") for url in REFUSED_DATA_URLS),
 ]
 
 
@@ -93,15 +110,43 @@ def _arguments(workflow: dict[str, Any]) -> dict[str, str]:
     return {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
 
 
-@pytest.mark.parametrize("payload", VALID, ids=["minimal", "every-field", "booleans", "number-forms"])
+def _trigger(workflow: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(_arguments(workflow)["trigger"])
+
+
+@pytest.mark.parametrize("payload", VALID, ids=["minimal", "every-field", "number-forms"])
 def test_sensor_submits_the_arguments_the_local_receiver_runs_with(payload: dict[str, Any]) -> None:
     assert validate_payload(payload) == []
     workflow = events.sensor_workflow(payload)
+    # Argo merges the Workflow's arguments with the template's by name: what is not set keeps its default.
+    effective = {**TEMPLATE_DEFAULTS, **_arguments(workflow)}
 
     assert workflow["metadata"]["name"] == f"retrain-{payload['event_id']}"
     assert workflow["spec"]["workflowTemplateRef"] == {"name": pipeline.NAME}
-    assert _arguments(workflow) == {**TEMPLATE_DEFAULTS, **payload_to_parameters(payload)}
-    assert list(_arguments(workflow)) == [argument.name for argument in pipeline.ARGUMENTS]
+    assert effective == {**TEMPLATE_DEFAULTS, **payload_to_parameters(payload), "trigger": effective["trigger"]}
+    assert _trigger(workflow) == json.loads(trigger.summary("webhook", "sensor/fashion-retrain", payload=payload))
+
+
+def test_sensor_sets_no_policy_so_the_workflow_template_decides_it() -> None:
+    workflow = events.sensor_workflow(EVERY_FIELD)
+    parameters = events.sensor()["spec"]["triggers"][0]["template"]["argoWorkflow"]["parameters"]
+    payload_fields = set(load_payload_schema()["properties"]) - {"event_id"}
+
+    assert set(_arguments(workflow)) == payload_fields | {"trigger"}
+    assert not set(_arguments(workflow)) & set(operator_arguments()) - {"trigger"}
+    assert not any(name in p["src"].get("dataKey", "") for p in parameters for name in WEAKENED_GATE)
+    # dest indexes by position: the Workflow lists its arguments in the template's order.
+    order = [argument.name for argument in pipeline.ARGUMENTS]
+    assert list(_arguments(workflow)) == sorted(_arguments(workflow), key=order.index)
+
+
+def test_a_payload_smuggling_policy_into_the_sensor_is_dropped_by_its_filter() -> None:
+    """Were the filter bypassed, the policy fields still reach no argument: the Sensor does not map them."""
+    smuggled = {**EVERY_FIELD, **WEAKENED_GATE}
+    arguments = _arguments(events.sensor_workflow(smuggled))
+
+    assert not set(arguments) & set(WEAKENED_GATE)
+    assert _trigger(events.sensor_workflow(smuggled))["payload"] == smuggled  # and the attempt is on record
 
 
 def test_numbers_reach_the_workflow_as_the_steps_parse_them() -> None:
@@ -158,7 +203,69 @@ def test_every_payload_field_is_a_workflow_argument_with_the_same_choices() -> N
             assert tuple(spec["enum"]) == arguments[name].enum, name
     assert tuple(schema["properties"]["architecture"]["enum"]) == tuple(ARCHITECTURES)
     assert tuple(schema["properties"]["precision"]["enum"]) == tuple(PRECISIONS)
-    assert tuple(schema["properties"]["first_run"]["enum"]) == tuple(FIRST_RUN_POLICIES)
+
+
+def test_no_gate_or_rollout_policy_field_is_part_of_the_contract() -> None:
+    fields = set(load_payload_schema()["properties"])
+
+    assert not fields & {*POLICY_FIELDS, "canary_percent", "rollout_target", "store", "s3_endpoint", "trigger"}
+    assert set(OPERATOR_ONLY) <= set(operator_arguments())
+
+
+def test_policy_defaults_of_the_template_are_the_steps_defaults() -> None:
+    """The gate calls a value equal to Policy's default a template default: they must be the same values."""
+    policy, rollout = Policy(), RolloutPolicy()
+    for name in POLICY_FIELDS:
+        default = getattr(policy, name)
+        template = TEMPLATE_DEFAULTS[name]
+        assert (template == "true" if isinstance(default, bool) else type(default)(template)) == default, name
+    assert int(TEMPLATE_DEFAULTS["canary_percent"]) == rollout.canary_percent
+
+
+@pytest.mark.parametrize("field", sorted(OPERATOR_ONLY))
+def test_a_policy_field_is_refused_saying_the_operator_sets_it(field: str) -> None:
+    [problem] = validate_payload({"event_id": "x", field: OPERATOR_ONLY[field]})
+
+    assert problem.startswith(f"{field}: refused")
+    assert "policy" in problem and "set by the operator" in problem and f"-p {field}=" in problem
+
+
+@pytest.mark.parametrize("url", REFUSED_DATA_URLS)
+def test_a_data_url_outside_the_allowlist_is_refused_naming_the_allowed_prefixes(url: str) -> None:
+    problems = validate_payload({"event_id": "x", "data_url": url})
+
+    assert len(problems) == 1 and problems[0].startswith("data_url:"), problems
+    if not url.startswith(DEFAULT_DATA_URL_PREFIXES):
+        assert "the allowed prefixes are https://, s3://" in problems[0]
+
+
+def test_the_operator_widens_or_narrows_the_data_url_allowlist() -> None:
+    drops = check_data_url_prefixes(["file:///srv/drops/", "https://data.example.com/"])
+    drop = {"event_id": "x", "data_url": "file:///srv/drops/2026-11-27/"}
+
+    assert validate_payload(drop, drops) == []
+    assert payload_to_parameters(drop, drops)["data_url"] == "file:///srv/drops/2026-11-27/"
+    assert validate_payload({"event_id": "x", "data_url": "https://data.example.com/d/"}, drops) == []
+    # narrowed: the defaults are gone once the operator names a list
+    assert validate_payload({"event_id": "x", "data_url": "s3://bucket/d/"}, drops) != []
+    assert validate_payload({"event_id": "x", "data_url": "file:///etc/passwd"}, drops) != []
+    assert validate_payload({"event_id": "x", "data_url": "https://data.example.com.evil.org/"}, drops) != []
+    assert validate_payload({"event_id": "x", "data_url": "file:///srv/drops/../../etc/"}, drops) != []
+
+
+@pytest.mark.parametrize(
+    ("prefix", "complaint"),
+    [
+        ("ftp://mirror/", "not a URL prefix"),
+        ("https://data.example.com", "end it with '/'"),
+        ("s3://bucket", "end it with '/'"),
+        ("file:///srv/drops/../", "no '.' or '..'"),
+        ("/srv/drops/", "not a URL prefix"),
+    ],
+)
+def test_an_allowlist_prefix_that_would_match_more_than_it_says_is_refused(prefix: str, complaint: str) -> None:
+    with pytest.raises(UserError, match=re.escape(complaint)):
+        check_data_url_prefixes([prefix])
 
 
 def test_template_defaults_keep_the_contract() -> None:
@@ -238,6 +345,12 @@ def _lua_value(value: Any) -> str:
     return "{" + ", ".join(items) + "}"
 
 
+def _run_lua(program: str) -> list[bool]:
+    assert LUA is not None, "CI needs lua5.1 (apt-get install lua5.1)"
+    result = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=30, check=True)
+    return [line == "true" for line in result.stdout.split()]
+
+
 def _lua_filter_accepts(bodies: list[Any]) -> list[bool]:
     assert LUA is not None, "CI needs lua5.1 (apt-get install lua5.1)"
     script = events.lua_filter(load_payload_schema())
@@ -262,6 +375,9 @@ def test_lua_filter_accepts_exactly_what_the_schema_accepts() -> None:
         {"event_id": "0"},
         {"event_id": "x", "data_url": "file:///srv/drops/2026"},
         {"event_id": "x", "data_url": "http://mirror.local/fashion"},
+        {"event_id": "x", "data_url": "https://data.example.com/drops/2026-11-27/"},
+        {"event_id": "x", "data_url": "s3://fashion-pipeline/drops/.well-known/x"},
+        {"event_id": "x", "data_url": "S3://fashion-pipeline/drops/"},
         {"event_id": "x", "architecture": 3},
         {"event_id": "x", "epochs": [3]},
         ["event_id"],
@@ -270,6 +386,34 @@ def test_lua_filter_accepts_exactly_what_the_schema_accepts() -> None:
     expected = [isinstance(body, dict) and validate_payload(body) == [] for body in bodies]
 
     assert _lua_filter_accepts(bodies) == expected
+
+
+@needs_lua
+@pytest.mark.parametrize(
+    "prefixes",
+    [DEFAULT_DATA_URL_PREFIXES, ("file:///srv/drops/", "https://data.example.com/"), ("http://",), ()],
+    ids=["default", "drops", "http", "none"],
+)
+def test_lua_data_url_check_matches_the_receivers(prefixes: tuple[str, ...]) -> None:
+    samples = [
+        *REFUSED_DATA_URLS,
+        "https://data.example.com/drops/2026/",
+        "https://data.example.com.evil.org/",
+        "s3://fashion-pipeline/drops/x.gz",
+        "file:///srv/drops/2026/",
+        "file:///srv/drops/../x",
+        "file:///srv/dropsX/",
+        "http://mirror.local/.well-known/x",
+        "https://h/a/.",
+        "https://h/%2e",
+        "https://h/é/",
+    ]
+    condition = events.lua_data_url_conditions(prefixes)
+    program = "".join(
+        f"do local v = {events.lua_string(s)}; print(tostring(({condition}) == true)) end\n" for s in samples
+    )
+
+    assert _run_lua(program) == [data_url_problem(s, prefixes) is None for s in samples]
 
 
 @needs_lua

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,9 @@ import pytest
 from steps.dataset import CLASS_NAMES
 from steps.errors import UserError
 from steps.evaluate import classification_metrics, mcnemar_exact
-from steps.gate import Policy, decide
+from steps.gate import POLICY_FIELDS, Policy, decide, policy_sources
+from workflows import trigger
+from workflows.cli import main
 
 
 def metrics(
@@ -141,3 +145,66 @@ def test_classification_metrics_per_class_and_confusion_matrix() -> None:
     assert result["per_class"]["Trouser"]["precision"] == pytest.approx(2 / 3, abs=1e-5)
     assert result["per_class"]["Trouser"]["recall"] == 1.0
     assert result["per_class"]["Bag"]["support"] == 0
+
+
+def test_policy_sources_name_the_template_default_and_the_operators_override() -> None:
+    policy = Policy(min_accuracy=0.5)
+    sources = policy_sources(policy, {"min_accuracy": "0.5"}, "fashion-pipeline up")
+
+    assert sources["min_accuracy"] == "operator override (fashion-pipeline up -p min_accuracy=0.5)"
+    assert {name: source for name, source in sources.items() if name != "min_accuracy"} == dict.fromkeys(
+        POLICY_FIELDS[1:], "template default"
+    )
+
+
+def test_a_value_off_the_default_that_no_launcher_recorded_is_still_an_override() -> None:
+    sources = policy_sources(Policy(allow_equal=True, tolerance=1.0), {}, "argo submit or the Argo UI")
+
+    assert sources["allow_equal"].startswith("operator override (differs from the template default")
+    assert sources["tolerance"].startswith("operator override")
+    assert sources["min_accuracy"] == "template default"
+
+
+def test_decision_record_names_the_trigger_and_the_source_of_each_policy_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured = metrics(0.93, champion=0.92)
+    measured["candidate"]["version"] = None  # nothing registered: the record is only written to --out
+    (tmp_path / "metrics.json").write_text(json.dumps(measured))
+    payload = {"event_id": "drop-9", "epochs": 2}
+    monkeypatch.setenv(
+        trigger.ENV, trigger.summary("webhook", "fashion-pipeline up", payload=payload, operator={"min_delta": "0.01"})
+    )
+    code = main(
+        [
+            "--store",
+            str(tmp_path / "store"),
+            "gate",
+            "--metrics",
+            str(tmp_path / "metrics.json"),
+            "--min-delta",
+            "0.01",
+            "--out",
+            str(tmp_path / "gate"),
+        ]
+    )
+    record = json.loads((tmp_path / "gate" / "decision.json").read_text())
+
+    assert code == 0
+    assert record["trigger"]["by"] == "webhook" and record["trigger"]["payload"] == payload
+    assert record["policy"]["min_delta"] == 0.01
+    assert record["policy_sources"]["min_delta"] == "operator override (fashion-pipeline up -p min_delta=0.01)"
+    assert record["policy_sources"]["min_accuracy"] == "template default"
+
+
+def test_decision_record_of_a_run_without_a_trigger_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = metrics(0.93)
+    measured["candidate"]["version"] = None
+    (tmp_path / "metrics.json").write_text(json.dumps(measured))
+    monkeypatch.delenv(trigger.ENV, raising=False)
+    args = ["--store", str(tmp_path / "store"), "gate", "--metrics", str(tmp_path / "metrics.json")]
+
+    assert main([*args, "--min-accuracy", "0.5", "--out", str(tmp_path / "gate")]) == 0
+    record = json.loads((tmp_path / "gate" / "decision.json").read_text())
+    assert record["trigger"]["by"] == "unknown"
+    assert record["policy_sources"]["min_accuracy"].startswith("operator override (differs")

@@ -1,4 +1,8 @@
-"""The local retrain webhook over real HTTP: one valid event, one real run; every abuse refused."""
+"""The local retrain webhook over real HTTP: one valid event, one real run; every abuse refused.
+
+An event decides only what the contract lists: the policy is the operator's (`-p`), and an event's
+data_url must start with an allowed prefix. Every run records who started it and with what.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,59 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from steps.registry import Registry
 from steps.storage import open_store
+from workflows import cli
 from workflows.engine import workflow_parameters
+from workflows.payload import DEFAULT_DATA_URL_PREFIXES, operator_arguments
 from workflows.pipeline import manifest
+from workflows.platform import Scheduler
 from workflows.webhook import EventLog, RunQueue, WebhookServer
 
 TOKEN = "s3cret-token-for-tests"
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
-QUICK = {"train_limit": 2000, "epochs": 1, "min_accuracy": 0.0, "min_class_recall": 0.0}
+QUICK = {"train_limit": 2000, "epochs": 1}
+# A 2000-image model is far below the default floors: the operator lowers them, as `up -p` does.
+OPERATOR = {"min_accuracy": "0", "min_class_recall": "0"}
+# What an event once could send to push a worse model, and every other argument that is the operator's.
+POLICY_IN_A_PAYLOAD: dict[str, Any] = {
+    "min_accuracy": 0,
+    "min_class_recall": 0,
+    "min_delta": -1,
+    "alpha": 1,
+    "allow_equal": True,
+    "tolerance": 1,
+    "first_run": "promote",
+    "canary_percent": 100,
+    "rollout_target": "local",
+    "store": "file:///tmp/elsewhere",
+    "s3_endpoint": "http://169.254.169.254",
+    "trigger": {"by": "schedule"},
+}
 
 
 class Receiver:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        operator: dict[str, str] | None = None,
+        prefixes: tuple[str, ...] = DEFAULT_DATA_URL_PREFIXES,
+    ) -> None:
         self.root = root
         store = open_store(str(root / "store"))
         defaults = {**workflow_parameters(manifest()), "store": store.uri, "rollout_target": "local", "s3_endpoint": ""}
-        self.runs = RunQueue(manifest, root / "runs", defaults)
-        self.server = WebhookServer("127.0.0.1", 0, TOKEN, EventLog(store), self.runs)
+        self.runs = RunQueue(manifest, root / "runs", defaults, OPERATOR if operator is None else operator)
+        self.server = WebhookServer("127.0.0.1", 0, TOKEN, EventLog(store), self.runs, data_url_prefixes=prefixes)
         self.server.start()
         self.url = f"http://127.0.0.1:{self.server.port}"
 
@@ -67,13 +99,29 @@ def wait_finished(receiver: Receiver, name: str, timeout: float = 300) -> dict[s
 
 
 def test_a_valid_event_starts_exactly_one_run_with_its_parameters(receiver: Receiver) -> None:
-    response = receiver.post({"event_id": "drop-2026-11-27", "reason": "new data landed", **QUICK})
+    body = {"event_id": "drop-2026-11-27", "reason": "new data landed", **QUICK}
+    response = receiver.post(body)
     assert response.status_code == 202, response.text
     assert response.json() == {"run": "retrain-drop-2026-11-27", "status": "/runs/retrain-drop-2026-11-27"}
     status = wait_finished(receiver, "retrain-drop-2026-11-27")
     assert status["phase"] == "Succeeded", status
     assert status["parameters"]["train_limit"] == "2000" and status["parameters"]["epochs"] == "1"
     assert status["parameters"]["reason"] == "new data landed"
+    # The audit trail: the run record, the decision record and the alias history say who asked, with what.
+    started = json.loads(status["parameters"]["trigger"])
+    assert started == {"by": "webhook", "via": "fashion-pipeline webhook", "payload": body, "operator": OPERATOR}
+    registry = Registry(open_store(str(receiver.root / "store")))
+    version = status["outputs"]["parameters"]["model_version"]
+    [decision] = registry.records(version, "decisions")
+    assert decision["trigger"] == started and decision["workflow"] == "retrain-drop-2026-11-27"
+    assert decision["policy"]["min_accuracy"] == 0.0
+    assert (
+        decision["policy_sources"]["min_accuracy"] == "operator override (fashion-pipeline webhook -p min_accuracy=0)"
+    )
+    assert decision["policy_sources"]["alpha"] == "template default"
+    [change] = registry.history("production")
+    assert change["version"] == version and change["trigger"] == started
+    assert change["workflow"] == "retrain-drop-2026-11-27"
     assert [p.name for p in (receiver.root / "runs").iterdir() if not p.name.startswith(".")] == [
         "retrain-drop-2026-11-27"
     ]
@@ -91,7 +139,9 @@ ABUSE: dict[str, tuple[dict[str, Any], int]] = {
     "missing event_id": ({"body": {"epochs": 2}}, 400),
     "misspelt parameter": ({"body": {"event_id": "e1", "epoch": 2}}, 400),
     "out of range": ({"body": {"event_id": "e2", "epochs": 0}}, 400),
-    "wrong type": ({"body": {"event_id": "e3", "allow_equal": "yes"}}, 400),
+    "wrong type": ({"body": {"event_id": "e3", "epochs": "two"}}, 400),
+    "policy in the payload": ({"body": {"event_id": "e4", "min_accuracy": 0, "allow_equal": True}}, 400),
+    "file:// data_url": ({"body": {"event_id": "e5", "data_url": "file:///etc/passwd"}}, 400),
     "bad event id": ({"body": {"event_id": "Not A Name!"}}, 400),
 }
 
@@ -109,6 +159,122 @@ def test_every_abuse_gets_its_status_and_starts_nothing(receiver: Receiver) -> N
     assert not (receiver.root / "runs").exists() or not any((receiver.root / "runs").iterdir())
     assert EventLog(open_store(str(receiver.root / "store"))).all() == []
     assert requests.get(f"{receiver.url}/runs/retrain-abuse", timeout=5).status_code == 404
+
+
+def _nothing_started(receiver: Receiver) -> bool:
+    runs = receiver.root / "runs"
+    no_runs = not runs.exists() or not any(p for p in runs.iterdir() if not p.name.startswith("."))
+    return no_runs and not receiver.runs.busy() and EventLog(open_store(str(receiver.root / "store"))).all() == []
+
+
+def test_every_policy_field_in_a_payload_is_refused_and_starts_nothing(receiver: Receiver) -> None:
+    assert set(POLICY_IN_A_PAYLOAD) <= set(operator_arguments())
+    for field, value in POLICY_IN_A_PAYLOAD.items():
+        response = receiver.post({"event_id": f"weaken-{field.replace('_', '-')}", **QUICK, field: value})
+
+        assert response.status_code == 400, f"{field}: {response.status_code} {response.text[:200]}"
+        [problem] = response.json()["problems"]
+        assert problem.startswith(f"{field}: refused") and "set by the operator" in problem, problem
+    assert _nothing_started(receiver)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["file:///etc/passwd", "file:///srv/drops/2026/", "http://169.254.169.254/latest/", "ftp://mirror/x"],
+)
+def test_a_data_url_outside_the_default_allowlist_is_refused(receiver: Receiver, url: str) -> None:
+    response = receiver.post({"event_id": "drop", **QUICK, "data_url": url})
+
+    assert response.status_code == 400, response.text
+    [problem] = response.json()["problems"]
+    assert problem.startswith("data_url:")
+    if url.startswith(("file://", "http://")):  # ftp:// is no URL the fetch step reads at all
+        assert "the allowed prefixes are https://, s3://" in problem
+    assert _nothing_started(receiver)
+
+
+def test_a_data_url_the_operator_allowed_is_accepted(tmp_path: Path, real_mirror: Path) -> None:
+    allowed = Receiver(tmp_path, prefixes=("file:///srv/drops/", "s3://fashion-pipeline/drops/"))
+    try:
+        allowed.runs.close()  # accept, and run nothing: this is about what the receiver lets through
+        accepted = allowed.post({"event_id": "drop-1", **QUICK, "data_url": "file:///srv/drops/2026-11-27/"})
+        refused = allowed.post({"event_id": "drop-2", **QUICK, "data_url": "https://mirror.example.com/fashion/"})
+        climbing = allowed.post({"event_id": "drop-3", **QUICK, "data_url": "file:///srv/drops/../../etc/"})
+    finally:
+        allowed.server.shutdown()
+
+    assert accepted.status_code == 202, accepted.text
+    status = allowed.runs.status("retrain-drop-1")
+    assert status is not None and status["parameters"]["data_url"] == "file:///srv/drops/2026-11-27/"
+    assert refused.status_code == 400
+    assert "the allowed prefixes are file:///srv/drops/, s3://fashion-pipeline/drops/" in refused.text
+    assert climbing.status_code == 400
+
+
+def test_operator_parameters_apply_to_webhook_and_scheduled_runs_of_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue `up` builds from `-p`: a webhook run and a scheduled run both get the operator's policy."""
+    monkeypatch.setenv("FASHION_PIPELINE_WEBHOOK_TOKEN", TOKEN)
+    monkeypatch.setattr(cli.STATE, "store_uri", str(tmp_path / "store"))
+    server, runs = cli._receiver(
+        "127.0.0.1", 0, None, tmp_path / "runs", ["min_accuracy=0.5", "epochs=1"], None, "fashion-pipeline up"
+    )
+    runs.close()  # queue, run nothing: this is about the arguments each run gets
+    server.start()
+    try:
+        # The tick first: with a run waiting, a tick is skipped (concurrencyPolicy Forbid).
+        Scheduler(runs, ["0 2 * * *"], "Etc/UTC", threading.Event()).fire(datetime(2026, 11, 28, 2, 0))
+        response = requests.post(
+            f"http://127.0.0.1:{server.port}/retrain",
+            json={"event_id": "up-2", "epochs": 3},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+    finally:
+        server.shutdown()
+
+    webhook_run = runs.status("retrain-up-2")
+    scheduled_run = runs.status("fashion-mnist-nightly-202611280200")
+    assert webhook_run is not None and scheduled_run is not None
+    for run, by in ((webhook_run, "webhook"), (scheduled_run, "schedule")):
+        assert run["parameters"]["min_accuracy"] == "0.5", by
+        started = json.loads(run["parameters"]["trigger"])
+        assert started["by"] == by and started["via"] == "fashion-pipeline up"
+        assert started["operator"] == {"epochs": "1", "min_accuracy": "0.5"}
+    # The operator's values are defaults for what an event may decide, and fixed for the rest.
+    assert webhook_run["parameters"]["epochs"] == "3" and scheduled_run["parameters"]["epochs"] == "1"
+    assert json.loads(webhook_run["parameters"]["trigger"])["payload"] == {"event_id": "up-2", "epochs": 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "min_acuracy=0.5"], "unknown parameter min_acuracy"),
+        (["-p", "first_run=maybe"], "parameter first_run='maybe' must be one of promote, reject"),
+        (["-p", "min_accuracy"], "use NAME=VALUE"),
+        (["-p", "trigger={}"], "-p trigger: set by the launcher"),
+        (["--allow-data-url", "ftp://mirror/"], "not a URL prefix the fetch step reads"),
+        (["--allow-data-url", "https://data.example.com"], "end it with '/'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["webhook", "up"])
+def test_operator_options_are_checked_before_anything_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("FASHION_PIPELINE_WEBHOOK_TOKEN", TOKEN)
+    code = cli.main(["--store", str(tmp_path / "store"), command, "--port", "0", *args])
+
+    stderr = capsys.readouterr().err
+    assert code == 1
+    assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_duplicate_event_is_refused_after_a_restart(tmp_path: Path, real_mirror: Path) -> None:

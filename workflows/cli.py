@@ -226,8 +226,9 @@ def gate(
     out: OutOption = Path("outputs/gate"),
 ) -> None:
     """Apply the promotion policy to evaluate's metrics and write the decision record."""
-    from steps.gate import Policy, decide
+    from steps.gate import Policy, decide, policy_sources
     from steps.report import model_card_markdown
+    from workflows import trigger
 
     metrics_data = _read_metrics(metrics)
     policy = Policy(
@@ -244,6 +245,9 @@ def gate(
     record = decide(metrics_data, policy)
     registry = _registry()
     record["workflow"] = os.environ.get("FASHION_PIPELINE_WORKFLOW") or None
+    started = trigger.read(os.environ.get(trigger.ENV))
+    record["trigger"] = started
+    record["policy_sources"] = policy_sources(policy, trigger.operator_values(started), str(started.get("via")))
     if record["candidate"]:
         registry.add_record(record["candidate"], "decisions", record)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,6 +300,7 @@ def rollout(
     """Roll a version out: preflight, canary, probe, then promote or roll back automatically."""
     from steps.rollout import TARGETS, RolloutPolicy
     from steps.rollout import rollout as run_rollout
+    from workflows import trigger
 
     if target not in TARGETS:
         raise UserError(f"unknown rollout target {target!r}: choose one of {', '.join(TARGETS)}")
@@ -316,8 +321,14 @@ def rollout(
         else:
             log.info("no local model server answers at %s: promoting in the registry only", server_url)
     out.mkdir(parents=True, exist_ok=True)
+    audit = {
+        "workflow": os.environ.get("FASHION_PIPELINE_WORKFLOW") or None,
+        "trigger": trigger.read(os.environ.get(trigger.ENV)),
+    }
     try:
-        record = run_rollout(registry, registry.resolve(model), _default_dataset(dataset), chosen, policy, reason, out)
+        record = run_rollout(
+            registry, registry.resolve(model), _default_dataset(dataset), chosen, policy, reason, out, audit
+        )
     finally:
         written = out / "rollout.json"
         if written.exists():
@@ -354,6 +365,22 @@ def _embedded_defaults(declared: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in defaults.items() if k in declared}
 
 
+def _parameters(items: list[str] | None) -> dict[str, str]:
+    """`-p NAME=VALUE` options as a dict (checked against the workflow by the engine or the run queue)."""
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"-p {item!r}: use NAME=VALUE")
+        overrides[key.strip()] = value
+    return overrides
+
+
+ParameterOption = Annotated[
+    list[str] | None, typer.Option("--parameter", "-p", help="NAME=VALUE, as with `argo submit -p`.")
+]
+
+
 def _file_store(values: dict[str, str]) -> Path | None:
     """The directory of a file store the nodes use (a container runtime mounts it at the same path)."""
     from steps.storage import open_store
@@ -366,9 +393,7 @@ def _file_store(values: dict[str, str]) -> Path | None:
 
 @app.command()
 def run(
-    parameter: Annotated[
-        list[str] | None, typer.Option("--parameter", "-p", help="NAME=VALUE, as with `argo submit -p`.")
-    ] = None,
+    parameter: ParameterOption = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="A compiled Workflow(Template) YAML (default: compiled now).")
     ] = None,
@@ -396,13 +421,15 @@ def run(
         from workflows.pipeline import manifest as compiled
 
         manifest = compiled()
-    overrides = {}
-    for item in parameter or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"-p {item!r}: use NAME=VALUE")
-        overrides[key.strip()] = value
-    values = {**_embedded_defaults(workflow_parameters(manifest)), **overrides}
+    from workflows import trigger
+
+    overrides = _parameters(parameter)
+    if trigger.ARGUMENT in overrides:
+        raise UserError(f"-p {trigger.ARGUMENT}: set by the launcher (it records how each run started)")
+    declared = workflow_parameters(manifest)
+    values = {**_embedded_defaults(declared), **overrides}
+    if trigger.ARGUMENT in declared:
+        values[trigger.ARGUMENT] = trigger.summary("cli", "fashion-pipeline run", user=_user(), operator=overrides)
     node_runtime = make_runtime(runtime, image=image, file_store=_file_store(resolve_parameters(manifest, values)))
     with Progress() as progress:
         engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update, runtime=node_runtime)
@@ -537,21 +564,51 @@ def _webhook_token(token_file: Path | None) -> str:
     return token
 
 
-def _receiver(host: str, port: int, token_file: Path | None, runs_dir: Path) -> Any:
+def _receiver(
+    host: str,
+    port: int,
+    token_file: Path | None,
+    runs_dir: Path,
+    parameter: list[str] | None,
+    allow_data_url: list[str] | None,
+    launcher: str,
+) -> Any:
     from workflows.engine import workflow_parameters
+    from workflows.payload import DEFAULT_DATA_URL_PREFIXES, check_data_url_prefixes
     from workflows.pipeline import manifest
     from workflows.webhook import EventLog, RunQueue, WebhookServer
 
+    operator = _parameters(parameter)
+    prefixes = check_data_url_prefixes(allow_data_url) if allow_data_url else DEFAULT_DATA_URL_PREFIXES
     token = _webhook_token(token_file)
     defaults = _embedded_defaults(workflow_parameters(manifest()))
-    runs = RunQueue(manifest, runs_dir, defaults)
-    return WebhookServer(host, port, token, EventLog(_store()), runs), runs
+    runs = RunQueue(manifest, runs_dir, defaults, operator, launcher)
+    receiver = WebhookServer(host, port, token, EventLog(_store()), runs, data_url_prefixes=prefixes)
+    log.info("events may name data_url under: %s", ", ".join(prefixes))
+    if operator:
+        log.info("every run gets: %s", " ".join(f"{k}={v}" for k, v in operator.items()))
+    return receiver, runs
 
 
 TokenFileOption = Annotated[
     Path | None, typer.Option(help="File holding the bearer token (default: $FASHION_PIPELINE_WEBHOOK_TOKEN).")
 ]
 RunsDirOption = Annotated[Path, typer.Option(help="Where run records and node logs go.")]
+OperatorParameterOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--parameter",
+        "-p",
+        help="NAME=VALUE for every run started here, gate policy included (events cannot set the policy).",
+    ),
+]
+AllowDataUrlOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="A data_url prefix events may name, e.g. https://data.example.com/ (repeatable; replaces the "
+        "default https:// and s3://)."
+    ),
+]
 
 
 @app.command()
@@ -560,9 +617,11 @@ def webhook(
     port: Annotated[int, typer.Option(help="Port (the EventSource's is 12000).")] = 12000,
     token_file: TokenFileOption = None,
     runs_dir: RunsDirOption = Path("runs"),
+    parameter: OperatorParameterOption = None,
+    allow_data_url: AllowDataUrlOption = None,
 ) -> None:
     """The local retrain webhook: POST /retrain queues a pipeline run, like the Argo Events Sensor."""
-    receiver, runs = _receiver(host, port, token_file, runs_dir)
+    receiver, runs = _receiver(host, port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline webhook")
     requeued = receiver.requeue_unstarted()
     log.info(
         "listening on http://%s:%d/retrain%s",
@@ -586,13 +645,17 @@ def up(
     webhook_port: Annotated[int, typer.Option(help="Webhook port.")] = 12000,
     token_file: TokenFileOption = None,
     runs_dir: RunsDirOption = Path("runs"),
+    parameter: OperatorParameterOption = None,
+    allow_data_url: AllowDataUrlOption = None,
 ) -> None:
     """The embedded platform: model server, retrain webhook and the nightly schedule, until Ctrl-C."""
     import threading
 
     from workflows.platform import up as run_platform
 
-    receiver, runs = _receiver(host, webhook_port, token_file, runs_dir)
+    receiver, runs = _receiver(
+        host, webhook_port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline up"
+    )
     stop = threading.Event()
     try:
         run_platform(_registry(), host, port, receiver, runs, stop)
@@ -660,7 +723,24 @@ def models_history(alias: str = "production") -> None:
     """Every change of an alias, oldest first."""
     for entry in _registry().history(alias):
         was = entry["previous"] or "-"
-        typer.echo(f"{entry['updated']}  {entry['version']}  (was {was})  {entry['actor']}: {entry['reason']}")
+        typer.echo(
+            f"{entry['updated']}  {entry['version']}  (was {was})  {entry['actor']}: {entry['reason']}"
+            + _started_by(entry)
+        )
+
+
+def _started_by(entry: dict[str, Any]) -> str:
+    """`  [webhook via fashion-pipeline up, event drop-1, run retrain-drop-1]` for a change a run made."""
+    started = entry.get("trigger")
+    if not isinstance(started, dict):
+        return ""
+    parts = [f"{started.get('by')} via {started.get('via')}"]
+    payload = started.get("payload")
+    if isinstance(payload, dict) and payload.get("event_id"):
+        parts.append(f"event {payload['event_id']}")
+    if entry.get("workflow"):
+        parts.append(f"run {entry['workflow']}")
+    return f"  [{', '.join(parts)}]"
 
 
 def _user() -> str:

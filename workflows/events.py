@@ -1,9 +1,11 @@
 """Argo Events objects for webhook retrains: the EventBus, the webhook EventSource and the Sensor.
 
 Written as plain dicts: `hera.events.models` drops webhook fields. The Sensor's filters and its
-trigger parameters are generated from the payload contract (retrain-payload.schema.json), and
-`sensor_workflow` applies those parameters the way the sensor does, so a test can hold the
-Workflow a webhook creates on the cluster against the arguments the local receiver runs with.
+trigger parameters are generated from the payload contract (retrain-payload.schema.json) and the
+default `data_url` allowlist, and `sensor_workflow` applies those parameters the way the sensor
+does, so a test can hold the Workflow a webhook creates on the cluster against the arguments the
+local receiver runs with. The Workflow sets only what an event decides, plus `trigger`; the policy
+comes from the WorkflowTemplate's defaults.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from workflows import pipeline
-from workflows.payload import EVENT_ID, argo_string, load_payload_schema
+from workflows import pipeline, trigger
+from workflows.payload import (
+    DATA_URL,
+    DEFAULT_DATA_URL_PREFIXES,
+    EVENT_ID,
+    argo_string,
+    load_payload_schema,
+)
 
 NAMESPACE = pipeline.NAMESPACE
 EVENT_BUS = "default"
@@ -127,17 +135,39 @@ def manifests() -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
+# The run's `trigger` argument, built by gjson from the event (a multipath with literals, gjson >= 1.12;
+# Argo Events v1.9.11 has 1.17): the same object as `trigger.summary("webhook", VIA, payload=body)`.
+TRIGGER_VIA = f"sensor/{SENSOR}"
+
+
+def trigger_data_key() -> str:
+    fixed = json.loads(trigger.summary("webhook", TRIGGER_VIA))
+    literals = ",".join(f"{json.dumps(key)}:!{json.dumps(value)}" for key, value in fixed.items())
+    return f'{{{literals},"payload":body}}'
+
+
 def _argument_defaults(schema: dict[str, Any]) -> dict[str, str]:
-    """Every workflow argument's value when the payload leaves it out: the contract's default, else the template's."""
-    defaults = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
-    for name, spec in schema["properties"].items():
-        if name != EVENT_ID and "default" in spec:
-            defaults[name] = argo_string(spec["default"])
+    """The arguments the Sensor sets, in `pipeline.ARGUMENTS` order, with their values when the payload leaves them out.
+
+    Those are the payload's fields (the contract's default, else the template's) and `trigger`; every
+    other argument, the gate and rollout policy first, is left to the WorkflowTemplate's default.
+    """
+    fields = set(schema["properties"]) - {EVENT_ID}
+    unknown = fields - {argument.name for argument in pipeline.ARGUMENTS}
+    if unknown:
+        raise ValueError(f"payload field(s) {sorted(unknown)} are no arguments of {pipeline.NAME}")
+    defaults = {}
+    for argument in pipeline.ARGUMENTS:
+        if argument.name in fields:
+            spec = schema["properties"][argument.name]
+            defaults[argument.name] = argo_string(spec["default"]) if "default" in spec else argument.default
+        elif argument.name == trigger.ARGUMENT:
+            defaults[argument.name] = trigger.summary("webhook", TRIGGER_VIA)
     return defaults
 
 
 def retrain_workflow(schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The embedded Workflow: every argument, in `pipeline.ARGUMENTS` order, because `dest` indexes by position."""
+    """The embedded Workflow; `dest` indexes its arguments by position (Argo merges them with the template's)."""
     defaults = _argument_defaults(schema or load_payload_schema())
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -156,8 +186,8 @@ def retrain_workflow(schema: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    positions = {argument.name: i for i, argument in enumerate(pipeline.ARGUMENTS)}
     defaults = _argument_defaults(schema)
+    positions = {name: i for i, name in enumerate(defaults)}
     # No default for the event id: without one the trigger fails rather than submit `retrain-`.
     parameters: list[dict[str, Any]] = [
         {
@@ -166,17 +196,12 @@ def _parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
             "operation": "append",
         }
     ]
-    for name in schema["properties"]:
-        if name == EVENT_ID:
-            continue
-        if name not in positions:
-            raise ValueError(f"payload field {name!r} is not an argument of {pipeline.NAME}")
-        parameters.append(
-            {
-                "src": {"dependencyName": DEPENDENCY, "dataKey": f"body.{name}", "value": defaults[name]},
-                "dest": f"spec.arguments.parameters.{positions[name]}.value",
-            }
-        )
+    for name in defaults:
+        if name == trigger.ARGUMENT:
+            src = {"dependencyName": DEPENDENCY, "dataKey": trigger_data_key()}
+        else:
+            src = {"dependencyName": DEPENDENCY, "dataKey": f"body.{name}", "value": defaults[name]}
+        parameters.append({"src": src, "dest": f"spec.arguments.parameters.{positions[name]}.value"})
     return parameters
 
 
@@ -194,6 +219,8 @@ def _parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
 #     steps' checks (epochs >= 1, 0 <= canary_percent <= 100, ...) are the only guard there.
 #   - regular expressions in general: each schema pattern needs a hand-written Lua twin below,
 #     and rendering fails on a pattern without one.
+# The `data_url` allowlist (payload.DEFAULT_DATA_URL_PREFIXES) is checked after the contract, as the
+# receiver does: a prefix test and the Lua twin of payload.UNSAFE_URL.
 # ---------------------------------------------------------------------------------------------
 
 # JSON Schema pattern -> Lua condition on the string `v`, with the same meaning (tested with lua5.1).
@@ -217,14 +244,17 @@ _FIELD_KEYWORDS = frozenset(
 def _filters(schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "data": [{"path": f"body.{EVENT_ID}", "type": "string", "value": [schema["properties"][EVENT_ID]["pattern"]]}],
-        "script": lua_filter(schema),
+        "script": lua_filter(schema, DEFAULT_DATA_URL_PREFIXES),
     }
 
 
 def lua_string(text: str) -> str:
-    """A Lua string literal: plain ASCII as is, every other byte as a decimal escape."""
+    """A Lua string literal: plain ASCII as is, every other byte as a decimal escape.
+
+    Always three digits: `\\37` followed by a `2` would read as the escape `\\372`.
+    """
     safe = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./: ")
-    return '"' + "".join(chr(b) if b in safe else f"\\{b}" for b in text.encode()) + '"'
+    return '"' + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in text.encode()) + '"'
 
 
 def _lua_number(value: int | float) -> str:
@@ -278,8 +308,21 @@ def _lua_conditions(name: str, spec: dict[str, Any]) -> list[str]:
     return conditions
 
 
-def lua_filter(schema: dict[str, Any]) -> str:
-    """A Lua script filter that is true exactly for the bodies `schema` accepts (nulls aside, see above)."""
+# payload.UNSAFE_URL as Lua conditions on the string `v` (tested with lua5.1 against the Python check).
+LUA_UNSAFE_URL = (
+    'v:find("/%.%.?/") ~= nil or v:find("/%.%.?$") ~= nil or string.lower(v):find("%2e", 1, true) ~= nil'
+    ' or v:find("\\\\", 1, true) ~= nil'
+)
+
+
+def lua_data_url_conditions(prefixes: tuple[str, ...]) -> str:
+    """A Lua condition on the string `v` that holds when an event may name it (payload.data_url_problem is None)."""
+    starts = " or ".join(f"v:sub(1, {len(p.encode())}) == {lua_string(p)}" for p in prefixes) or "false"
+    return f"({starts}) and not ({LUA_UNSAFE_URL})"
+
+
+def lua_filter(schema: dict[str, Any], data_url_prefixes: tuple[str, ...] = DEFAULT_DATA_URL_PREFIXES) -> str:
+    """A Lua script filter that is true exactly for the bodies `schema` and the allowlist accept (nulls aside)."""
     if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
         raise ValueError("the payload schema must be a closed object (additionalProperties: false)")
     extra = set(schema) - _ANNOTATIONS - {"$schema", "$id", "type", "required", "additionalProperties", "properties"}
@@ -313,6 +356,9 @@ def lua_filter(schema: dict[str, Any]) -> str:
             lines.append(f"if v == nil or not ({check}) then return false end")
         else:
             lines.append(f"if v ~= nil and not ({check}) then return false end")
+    if DATA_URL in schema["properties"]:
+        lines.append(f"v = body[{lua_string(DATA_URL)}]")
+        lines.append(f"if v ~= nil and not ({lua_data_url_conditions(data_url_prefixes)}) then return false end")
     lines.append("return true")
     return "\n".join(lines) + "\n"
 
@@ -324,6 +370,10 @@ def lua_filter(schema: dict[str, Any]) -> str:
 
 class _RawNumber(str):
     """A JSON number kept as its source text, as gjson sees it."""
+
+
+class _RawJson(str):
+    """A JSON document gjson built (a multipath result), used as its text."""
 
 
 _MISSING = object()
@@ -373,6 +423,8 @@ def _path(path: str) -> list[str]:
 
 
 def _gjson_get(document: Any, path: str) -> Any:
+    if path.startswith("{") and path.endswith("}"):
+        return _gjson_multipath(document, path)
     node = document
     for part in _path(path):
         if isinstance(node, dict) and part in node:
@@ -382,6 +434,57 @@ def _gjson_get(document: Any, path: str) -> Any:
         else:
             return _MISSING
     return node
+
+
+def _gjson_multipath(document: Any, path: str) -> _RawJson:
+    """`{"key":path,"key":!literal,...}`, the gjson multipaths we emit: a new object, missing paths left out."""
+    decoder = json.JSONDecoder()
+    members = []
+    for selector in _top_level_split(path[1:-1]):
+        try:
+            key, end = decoder.raw_decode(selector)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'gjson multipath {path!r}: name every member ("key":path)') from exc
+        if not isinstance(key, str) or selector[end : end + 1] != ":":
+            raise ValueError(f'gjson multipath {path!r}: name every member ("key":path)')
+        sub = selector[end + 1 :]
+        if sub.startswith("!"):
+            raw = _gjson_raw(json.loads(sub[1:]))
+        else:
+            found = _gjson_get(document, sub)
+            if found is _MISSING:
+                continue
+            raw = _gjson_raw(found)
+        members.append(f"{json.dumps(key)}:{raw}")
+    return _RawJson("{" + ",".join(members) + "}")
+
+
+def _top_level_split(text: str) -> list[str]:
+    parts, depth, start, quoted, escaped = [], 0, 0, False, False
+    for i, char in enumerate(text):
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _gjson_raw(value: Any) -> str:
+    """A decoded value as compact JSON, numbers in their source text (gjson's Raw of a compact document)."""
+    if isinstance(value, _RawNumber | _RawJson):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{_gjson_raw(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_gjson_raw(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def _gjson_string(value: Any) -> str:
@@ -397,7 +500,7 @@ def _gjson_string(value: Any) -> str:
         return str(np.format_float_positional(float(value), unique=True, trim="-"))
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"))
+    return _gjson_raw(value)
 
 
 def _sjson_set(document: dict[str, Any], path: str, value: str) -> None:

@@ -15,7 +15,7 @@ from hera.workflows import models as m
 
 from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from steps.train import PRECISIONS, TrainParams
-from workflows import templates
+from workflows import templates, trigger
 
 NAME = "fashion-mnist-train-deploy"
 NAMESPACE = "fashion"
@@ -33,7 +33,8 @@ class Argument:
 
 
 _TRAIN = TrainParams()
-# The order is part of the contract: the retrain Sensor maps payload fields by argument position.
+# The order is part of the contract, so new arguments go at the end: the retrain Sensor's Workflow
+# lists the arguments it sets in this order and maps payload fields to them by position.
 ARGUMENTS = (
     Argument("epochs", str(_TRAIN.epochs), "Passes over the training split"),
     Argument("batch_size", str(_TRAIN.batch_size), "Images per training step"),
@@ -55,6 +56,7 @@ ARGUMENTS = (
     Argument("reason", "scheduled retrain", "Why this run happened (kept in the registry's alias history)"),
     Argument("store", DEFAULT_STORE, "Where datasets and models live (s3://bucket/prefix or file:///path)"),
     Argument("s3_endpoint", DEFAULT_S3_ENDPOINT, "The MinIO/S3 endpoint of the store"),
+    Argument(trigger.ARGUMENT, trigger.MANUAL, "How this run started (JSON, set by its launcher; kept for audit)"),
 )
 
 

@@ -82,10 +82,14 @@ class Scheduler:
             log.info("next scheduled retrain at %s (%s)", fire.isoformat(timespec="minutes"), self.zone.key)
             if self.stopped.wait((fire - now).total_seconds()):
                 return
-            if self.runs.busy():
-                log.info("scheduled retrain skipped: a run is in progress (concurrencyPolicy Forbid)")
-                continue
-            self.runs.submit(f"{schedule.NAME}-{fire:%Y%m%d%H%M}", {"reason": schedule.REASON})
+            self.fire(fire)
+
+    def fire(self, at: datetime) -> None:
+        """The tick due `at`: one run, as the CronWorkflow would start it, unless one is in progress."""
+        if self.runs.busy():
+            log.info("scheduled retrain skipped: a run is in progress (concurrencyPolicy Forbid)")
+            return
+        self.runs.submit(f"{schedule.NAME}-{at:%Y%m%d%H%M}", {"reason": schedule.REASON}, "schedule")
 
 
 def up(

@@ -7,7 +7,7 @@ from typing import Any
 from hera.workflows import CronWorkflow
 from hera.workflows import models as m
 
-from workflows import pipeline
+from workflows import pipeline, trigger
 
 NAME = "fashion-mnist-nightly"
 SCHEDULES = ["0 2 * * *"]
@@ -31,7 +31,10 @@ def build() -> CronWorkflow:
         successful_jobs_history_limit=3,
         failed_jobs_history_limit=5,
         workflow_template_ref=m.WorkflowTemplateRef(name=pipeline.NAME),
-        arguments=[m.Parameter(name="reason", value=REASON)],
+        arguments=[
+            m.Parameter(name="reason", value=REASON),
+            m.Parameter(name=trigger.ARGUMENT, value=trigger.summary("schedule", f"cronworkflow/{NAME}")),
+        ],
     )
 
 

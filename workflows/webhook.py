@@ -5,6 +5,10 @@ contract (workflows/retrain-payload.schema.json) queues one run of the pipeline 
 `retrain-<event_id>`, exactly the name the Sensor gives the Workflow on a cluster, so a
 redelivered event never retrains twice. The event log lives in the store: dedup survives restarts.
 Runs execute one at a time on the local engine; `GET /runs/<name>` tells how one is doing.
+
+An event decides only what the contract lists; the operator's `-p` values apply to every run the
+queue starts (the policy among them), and each run's `trigger` argument records who started it,
+with which payload and which operator values.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +28,9 @@ from typing import Any
 from steps.errors import UserError
 from steps.registry import utc_now
 from steps.storage import ObjectExists, Store
-from workflows.engine import Engine
-from workflows.payload import payload_to_parameters, validate_payload
+from workflows import trigger
+from workflows.engine import Engine, resolve_parameters
+from workflows.payload import DEFAULT_DATA_URL_PREFIXES, payload_to_parameters, validate_payload
 
 log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 65536  # the EventSource's maxPayloadSize
@@ -61,12 +66,28 @@ class _Job:
 
 
 class RunQueue:
-    """Runs the pipeline one run at a time, in submission order, on a worker thread."""
+    """Runs the pipeline one run at a time, in submission order, on a worker thread.
 
-    def __init__(self, manifest: Callable[[], dict[str, Any]], runs_dir: Path, defaults: dict[str, str]) -> None:
+    `defaults` are the embedded platform's arguments; `operator` the `-p` values of whoever started
+    the queue (`launcher`), checked here like `run -p` and applied to every run after the defaults.
+    """
+
+    def __init__(
+        self,
+        manifest: Callable[[], dict[str, Any]],
+        runs_dir: Path,
+        defaults: dict[str, str],
+        operator: Mapping[str, str] | None = None,
+        launcher: str = "fashion-pipeline webhook",
+    ) -> None:
+        self.operator = dict(operator or {})
+        if trigger.ARGUMENT in self.operator:
+            raise UserError(f"-p {trigger.ARGUMENT}: set by the launcher (it records how each run started)")
+        resolve_parameters(manifest(), {**defaults, **self.operator})
         self.manifest = manifest
         self.runs_dir = runs_dir
         self.defaults = defaults
+        self.launcher = launcher
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._pending: dict[str, _Job] = {}
         self._lock = threading.Lock()
@@ -74,8 +95,10 @@ class RunQueue:
         self._worker = threading.Thread(target=self._work, name="run-queue", daemon=True)
         self._worker.start()
 
-    def submit(self, name: str, parameters: dict[str, str]) -> None:
-        job = _Job(name, {**self.defaults, **parameters})
+    def submit(self, name: str, parameters: dict[str, str], by: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Queue a run; `by` and `payload` (a webhook event's body) go into its `trigger` argument."""
+        started = trigger.summary(by, self.launcher, payload=payload, operator=self.operator)
+        job = _Job(name, {**self.defaults, **self.operator, **parameters, trigger.ARGUMENT: started})
         with self._lock:
             self._pending[name] = job
         self._jobs.put(job)
@@ -126,7 +149,14 @@ class WebhookServer:
     """The HTTP receiver; `serve_forever` runs in the caller's thread or `start` in a new one."""
 
     def __init__(
-        self, host: str, port: int, token: str, events: EventLog, runs: RunQueue, max_bytes: int = MAX_PAYLOAD_BYTES
+        self,
+        host: str,
+        port: int,
+        token: str,
+        events: EventLog,
+        runs: RunQueue,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        data_url_prefixes: tuple[str, ...] = DEFAULT_DATA_URL_PREFIXES,
     ) -> None:
         if not token:
             raise UserError("the webhook needs a token: set FASHION_PIPELINE_WEBHOOK_TOKEN or pass --token-file")
@@ -134,6 +164,7 @@ class WebhookServer:
         self.events = events
         self.runs = runs
         self.max_bytes = max_bytes
+        self.data_url_prefixes = data_url_prefixes
         handler = type("Handler", (_Handler,), {"receiver": self})
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
@@ -151,12 +182,18 @@ class WebhookServer:
         self.httpd.server_close()
 
     def requeue_unstarted(self) -> int:
-        """Events accepted before a restart whose run never started are queued again."""
+        """Events accepted before a restart whose run never started are queued again, if today's contract takes them."""
         count = 0
         for event in self.events.all():
-            if self.runs.status(event["run"]) is None:
-                self.runs.submit(event["run"], event["parameters"])
-                count += 1
+            if self.runs.status(event["run"]) is not None:
+                continue
+            payload = event.get("payload")
+            problems = validate_payload(payload, self.data_url_prefixes) if payload is not None else ["no payload"]
+            if problems:
+                log.warning("event %s is not queued again: %s", event["event_id"], "; ".join(problems))
+                continue
+            self.runs.submit(event["run"], payload_to_parameters(payload, self.data_url_prefixes), "webhook", payload)
+            count += 1
         return count
 
     def authorised(self, header: str | None) -> HTTPStatus | None:
@@ -167,15 +204,21 @@ class WebhookServer:
         return None
 
     def accept(self, body: Any) -> tuple[HTTPStatus, dict[str, Any]]:
-        problems = validate_payload(body)
+        problems = validate_payload(body, self.data_url_prefixes)
         if problems:
             return HTTPStatus.BAD_REQUEST, {"error": "the payload violates the retrain contract", "problems": problems}
         name = run_name(body["event_id"])
-        parameters = payload_to_parameters(body)
-        record = {"event_id": body["event_id"], "run": name, "parameters": parameters, "received": utc_now()}
+        parameters = payload_to_parameters(body, self.data_url_prefixes)
+        record = {
+            "event_id": body["event_id"],
+            "run": name,
+            "payload": body,
+            "parameters": parameters,
+            "received": utc_now(),
+        }
         if not self.events.accept(body["event_id"], record):
             return HTTPStatus.CONFLICT, {"error": f"event {body['event_id']} was already received", "run": name}
-        self.runs.submit(name, parameters)
+        self.runs.submit(name, parameters, "webhook", body)
         return HTTPStatus.ACCEPTED, {"run": name, "status": f"/runs/{name}"}
 
 
