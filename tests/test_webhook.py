@@ -23,7 +23,7 @@ import requests
 
 from steps.registry import Registry
 from steps.storage import open_store
-from workflows import cli
+from workflows import cli, trigger
 from workflows.engine import workflow_parameters
 from workflows.payload import DEFAULT_DATA_URL_PREFIXES, operator_arguments
 from workflows.pipeline import manifest
@@ -301,3 +301,52 @@ def test_webhook_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "the webhook needs a token" in proc.stderr
+
+
+def test_run_takes_a_file_data_url_from_the_operator(tmp_path: Path, drop: Path) -> None:
+    """The allowlist is for events: on the command line the user is the operator, and file:// works."""
+    fetch_only = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "fetch-only"},
+        "spec": {
+            "entrypoint": "main",
+            "arguments": {
+                "parameters": [
+                    {"name": "data_url", "value": ""},
+                    {"name": "store", "value": ""},
+                    {"name": "trigger", "value": trigger.MANUAL},
+                ]
+            },
+            "templates": [
+                {"name": "main", "dag": {"tasks": [{"name": "fetch", "template": "fetch"}]}},
+                {
+                    "name": "fetch",
+                    "container": {
+                        "image": "fashion-pipeline/steps",
+                        "command": ["fashion-pipeline"],
+                        "args": ["fetch", "--data-url", "{{workflow.parameters.data_url}}", "--out", "/tmp/outputs"],
+                        "env": [{"name": "FASHION_PIPELINE_STORE", "value": "{{workflow.parameters.store}}"}],
+                    },
+                },
+            ],
+        },
+    }
+    (tmp_path / "fetch-only.yaml").write_text(json.dumps(fetch_only))
+    env = {**os.environ, "FASHION_PIPELINE_STORE": str(tmp_path / "store")}
+    data_url = drop.as_uri()
+    proc = subprocess.run(
+        [CLI, "run", "-f", "fetch-only.yaml", "-p", f"data_url={data_url}", "--name", "from-a-drop"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "runs" / "from-a-drop" / "workflow.json").read_text())
+    started = json.loads(record["parameters"]["trigger"])
+    assert started["by"] == "cli" and started["via"] == "fashion-pipeline run"
+    assert started["operator"] == {"data_url": data_url}
+    assert open_store(str(tmp_path / "store")).list("datasets")
