@@ -6,6 +6,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from steps.registry import Registry
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "mixed_bfloat16")
 VALIDATION_FRACTION = 0.05
+EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,12 @@ def train(
     out_dir: Path,
     code_version: str,
     workflow: str | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train, export and publish; writes history.json and training-curve.png into `out_dir`."""
+    """Train, export and publish; writes history.json and training-curve.png into `out_dir`.
+
+    `on_epoch(done, epochs, metrics)` is told 0 when fitting starts, then each finished epoch.
+    """
     params.check()
     dataset = load_dataset(dataset_uri)
     x, y = _subset(dataset.x_train, dataset.y_train, params.train_limit, params.seed)
@@ -82,7 +88,7 @@ def train(
     )
 
     started = time.perf_counter()
-    model, history = _fit(x_fit, y_fit, x_val, y_val, params)
+    model, history = _fit(x_fit, y_fit, x_val, y_val, params, on_epoch)
     train_seconds = time.perf_counter() - started
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +130,12 @@ def _subset(x: np.ndarray, y: np.ndarray, limit: int, seed: int) -> tuple[np.nda
 
 
 def _fit(
-    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, params: TrainParams
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: TrainParams,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[Any, dict[str, list[float]]]:
     import keras
     import tensorflow as tf
@@ -159,7 +170,7 @@ def _fit(
         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    clock = _EpochClock(params.epochs)
+    clock = _EpochClock(params.epochs, on_epoch)
     validation = (x_val.astype("float32"), y_val) if len(x_val) else None
     fitted = model.fit(
         train_ds,
@@ -176,16 +187,21 @@ def _fit(
 class _EpochClock:
     """One log line per epoch with the metrics Keras computed and the epoch's wall time."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, on_epoch: EpochCallback | None = None) -> None:
         self.epochs = epochs
+        self.on_epoch = on_epoch
         self._started = 0.0
 
     def start(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self._started = time.perf_counter()
+        if epoch == 0 and self.on_epoch is not None:
+            self.on_epoch(0, self.epochs, {})
 
     def log(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
         log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, metrics, time.perf_counter() - self._started)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, self.epochs, {k: float(v) for k, v in (logs or {}).items()})
 
 
 def plot_history(history: dict[str, list[float]], path: Path) -> Path:

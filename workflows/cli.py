@@ -167,11 +167,30 @@ def train(
     )
     params.check()
     workflow = os.environ.get("FASHION_PIPELINE_WORKFLOW") or None
-    result = run_train(_default_dataset(dataset), _registry(), params, out, code_version(), workflow)
+    result = run_train(_default_dataset(dataset), _registry(), params, out, code_version(), workflow, _epoch_progress())
     values = {"model_version": result.version, "model_uri": result.version_uri}
     _write_outputs(out, values)
     final = {k: v[-1] for k, v in result.history.items() if v}
     _summary({**values, "train_seconds": f"{result.train_seconds:.1f}", **{k: f"{v:.4f}" for k, v in final.items()}})
+
+
+def _epoch_progress() -> Any:
+    """Epochs as progress `k/N`, with the latest validation accuracy, when Argo or the engine asks for it."""
+    from workflows.node_watch import PROGRESS_ENV, write_progress
+
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return None
+
+    def report(done: int, epochs: int, metrics: dict[str, float]) -> None:
+        accuracy = metrics.get("val_accuracy")
+        status = f"epoch {done}/{epochs}" + (f", val accuracy {accuracy:.4f}" if accuracy is not None else "")
+        try:
+            write_progress(path, done, epochs, status)
+        except OSError as exc:  # progress is for watchers: training goes on without it
+            log.debug("cannot write progress to %s: %s", path, exc)
+
+    return report
 
 
 @app.command()
@@ -409,11 +428,22 @@ def run(
     image: Annotated[
         str | None, typer.Option(help="With a container runtime: run every node in this image instead.")
     ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="text: the result in words; json: the run record, for scripts.")
+    ] = "text",
 ) -> None:
-    """Run the pipeline on the local engine: the same compiled workflow `argo submit` sends."""
+    """Run the pipeline on the local engine: the same compiled workflow `argo submit` sends.
+
+    SIGTERM or Ctrl-C stops it like `argo stop` (the exit handler still runs; a second signal skips
+    it) and records the run as Failed with the reason.
+    """
     from workflows.engine import Engine, load_manifest, resolve_parameters, workflow_parameters
     from workflows.progress import Progress
     from workflows.runtime import make_runtime
+    from workflows.shutdown import Shutdown, kill_descendants
+
+    if output not in OUTPUT_FORMATS:
+        raise UserError(f"--output {output!r}: use one of {', '.join(OUTPUT_FORMATS)}")
 
     if file is not None:
         manifest = load_manifest(file)
@@ -431,12 +461,29 @@ def run(
     if trigger.ARGUMENT in declared:
         values[trigger.ARGUMENT] = trigger.summary("cli", "fashion-pipeline run", user=_user(), operator=overrides)
     node_runtime = make_runtime(runtime, image=image, file_store=_file_store(resolve_parameters(manifest, values)))
+    shutdown = Shutdown("fashion-pipeline run").install()
     with Progress() as progress:
         engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update, runtime=node_runtime)
+        shutdown.on_stop(lambda: engine.stop(shutdown.reason))
+        shutdown.on_force(lambda: (engine.terminate(shutdown.reason), kill_descendants()))
         result = engine.execute()
     progress.final(result)
+    _print_result(result.record(), result.directory, output)
     if result.phase != "Succeeded":
-        raise typer.Exit(1)
+        raise typer.Exit(shutdown.exit_status() if shutdown.requested.is_set() else 1)
+
+
+OUTPUT_FORMATS = ("text", "json")
+
+
+def _print_result(record: dict[str, Any], run_dir: Path, output: str) -> None:
+    """What a run produced, on stdout: its summary in words, or its record as JSON."""
+    from workflows.run_summary import lines, summarise
+
+    if output == "json":
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo("\n".join(lines(summarise(record, run_dir))))
 
 
 @app.command()

@@ -1,15 +1,20 @@
-"""Live progress of a local run in the terminal: a node table when interactive, lines otherwise."""
+"""Live progress of a local run in the terminal: a node table when interactive, lines otherwise.
+
+A running node's row carries what the step reports through `ARGO_PROGRESS_FILE` (the train step:
+its epoch and latest validation accuracy), in the table and, as one line per report, in plain mode.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from workflows.engine import Run
+if TYPE_CHECKING:
+    from workflows.engine import Run
 
 _STYLE = {
     "Succeeded": "green",
@@ -22,14 +27,23 @@ _STYLE = {
 }
 
 
-def _table(run: Run) -> Table:
-    table = Table(title=f"{run.name}: {run.phase}", title_justify="left")
-    for column in ("node", "phase", "duration", "message"):
+def node_table(run: Run | dict[str, Any]) -> Table:
+    """The node table of a live Run or of a run record (`runs get`)."""
+    record = run if isinstance(run, dict) else run.record()
+    table = Table(title=f"{record['name']}: {record['phase']}", title_justify="left")
+    for column in ("node", "phase", "progress", "duration", "message"):
         table.add_column(column)
-    for node in run.nodes.values():
-        duration = f"{node.duration:.1f}s" if node.duration is not None else ""
-        style = _STYLE.get(node.phase, "")
-        table.add_row(node.name, f"[{style}]{node.phase}[/]" if style else node.phase, duration, node.message[:80])
+    for node in record["nodes"]:
+        duration = f"{node['duration_s']:.1f}s" if node.get("duration_s") is not None else ""
+        phase = node["phase"]
+        style = _STYLE.get(phase, "")
+        table.add_row(
+            node["name"],
+            f"[{style}]{phase}[/]" if style else phase,
+            node.get("progress", ""),
+            duration,
+            node["message"][:80],
+        )
     return table
 
 
@@ -54,25 +68,27 @@ class Progress:
 
     def update(self, run: Run) -> None:
         if self._live is not None:
-            self._live.update(_table(run))
+            self._live.update(node_table(run))
             return
-        for node in run.nodes.values():
-            state = f"{node.phase}:{node.message}"
+        for node in list(run.nodes.values()):
+            state = f"{node.phase}:{node.progress}:{node.message}"
             if self._seen.get(node.name) != state and node.phase != "Pending":
                 self._seen[node.name] = state
                 duration = f" ({node.duration:.1f}s)" if node.phase not in ("Running",) and node.duration else ""
+                # The step's status names its progress in words; the bare `N/M` only when it has none.
+                progress = f" {node.progress}" if node.progress and node.phase == "Running" and not node.message else ""
                 message = f": {node.message}" if node.message else ""
-                print(f"{run.name} {node.name}: {node.phase}{duration}{message}", file=sys.stderr, flush=True)
+                print(f"{run.name} {node.name}: {node.phase}{progress}{duration}{message}", file=sys.stderr, flush=True)
 
     def final(self, run: Run) -> None:
+        """The final table (plain mode; the live one stays on a terminal) and the tail of each failed node's log."""
         if not self.interactive:
-            self.console.print(_table(run))
+            self.console.print(node_table(run))
         failed = [n for n in run.nodes.values() if n.phase in ("Failed", "Error") and n.log]
         for node in failed:
             self.console.print(f"[red]{node.name}[/] log ({node.log}), last lines:")
-            lines = open(node.log, errors="replace").read().splitlines()[-15:]
+            try:
+                lines = open(node.log, errors="replace").read().splitlines()[-15:]
+            except OSError:
+                lines = ["(no log)"]
             self.console.print("\n".join(lines), markup=False, highlight=False)
-        message = f": {run.message}" if run.message else ""
-        elapsed = (run.finished or 0) - run.started
-        record = run.directory / "workflow.json"
-        self.console.print(f"{run.name} {run.phase}{message} in {elapsed:.1f}s; record: {record}")

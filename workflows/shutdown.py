@@ -23,7 +23,8 @@ log = logging.getLogger("shutdown")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_S = 15.0  # after a second signal, the longest the process still takes to exit
-EXIT_FORCED = 1
+EXIT_UNCLEAN = 1  # stopped, but something had to be killed or did not stop in time
+EXIT_FORCED = 128 + signal.SIGKILL  # a second signal: stopped as if killed
 
 
 class Shutdown:
@@ -34,6 +35,7 @@ class Shutdown:
         self.requested = threading.Event()
         self.forced = threading.Event()
         self.reason = ""
+        self.signum: int | None = None
         self._stop: list[Callable[[], None]] = []
         self._force: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -69,7 +71,15 @@ class Shutdown:
             self.forced.set()
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
         self.request(f"{self.what} received {signal.Signals(signum).name}")
+
+    def exit_status(self) -> int:
+        """For a command a signal interrupted: 128 + the signal, as a shell reports it; forced: as if killed."""
+        if self.forced.is_set():
+            return EXIT_FORCED
+        return 128 + (self.signum or signal.SIGTERM)
 
     def _on_request(self) -> None:
         self.requested.wait()
@@ -88,10 +98,6 @@ class Shutdown:
         timer = threading.Timer(FORCED_EXIT_S, _exit_now)
         timer.daemon = True
         timer.start()
-
-    @property
-    def reason_or_default(self) -> str:
-        return self.reason or f"{self.what} stopped"
 
 
 def _spawn(callback: Callable[[], None]) -> None:
