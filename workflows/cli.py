@@ -17,18 +17,21 @@ from typing import Annotated, Any
 import typer
 
 from steps.errors import UserError
+from workflows.runs_cli import runs_app
 
 app = typer.Typer(
     name="fashion-pipeline",
     help="Fetch Fashion-MNIST, train, evaluate, gate and register models; run the pipeline locally.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # `--install-completion`: run names complete from the runs directory
 )
 models_app = typer.Typer(help="The model registry: versions, model cards and aliases.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
 
 DEFAULT_STORE = "store"
+VERBOSE_ENV = "FASHION_PIPELINE_VERBOSE"
 
 
 class YesNo(StrEnum):
@@ -55,7 +58,15 @@ def _global(
             help="Where datasets and models live: a path, file:///path or s3://bucket/prefix.",
         ),
     ] = DEFAULT_STORE,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar=VERBOSE_ENV,
+            help="Log everything: debug detail and TensorFlow's own C++ log, here and in the processes started.",
+        ),
+    ] = False,
 ) -> None:
     STATE.store_uri = store
     logging.basicConfig(
@@ -64,6 +75,11 @@ def _global(
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if verbose:
+        # Inherited by the pipeline's nodes and the model server, which then log everything too.
+        os.environ[VERBOSE_ENV] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
     for noisy in ("urllib3", "matplotlib", "absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # TensorFlow's C++ banner lines are noise to a user; keep warnings and errors.
@@ -667,8 +683,18 @@ def webhook(
     parameter: OperatorParameterOption = None,
     allow_data_url: AllowDataUrlOption = None,
 ) -> None:
-    """The local retrain webhook: POST /retrain queues a pipeline run, like the Argo Events Sensor."""
+    """The local retrain webhook: POST /retrain queues a pipeline run, like the Argo Events Sensor.
+
+    SIGTERM or Ctrl-C stops it: the run in progress is stopped and recorded as Failed with the
+    reason; accepted events not yet started are queued again at the next start.
+    """
+    from workflows.platform import RUN_STOP_S
+    from workflows.shutdown import Shutdown, kill_descendants
+
+    shutdown = Shutdown("fashion-pipeline webhook").install()
     receiver, runs = _receiver(host, port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline webhook")
+    shutdown.on_force(lambda: (runs.terminate(shutdown.reason), kill_descendants()))
+    receiver.start()
     requeued = receiver.requeue_unstarted()
     log.info(
         "listening on http://%s:%d/retrain%s",
@@ -677,12 +703,22 @@ def webhook(
         f" ({requeued} accepted event(s) queued again)" if requeued else "",
     )
     try:
-        receiver.httpd.serve_forever()
-    except KeyboardInterrupt:
-        log.info("shutting down")
+        shutdown.requested.wait()
     finally:
+        log.info("shutting down (%s)", shutdown.reason)
         receiver.shutdown()
-        runs.close()
+        clean = runs.close(shutdown.reason, RUN_STOP_S)
+    _stopped(shutdown, clean)
+
+
+def _stopped(shutdown: Any, clean: bool) -> None:
+    """A service's exit status: 0 after a clean stop, non-zero when anything had to be killed."""
+    from workflows.shutdown import EXIT_FORCED, EXIT_UNCLEAN
+
+    if shutdown.forced.is_set():
+        raise typer.Exit(EXIT_FORCED)
+    if not clean:
+        raise typer.Exit(EXIT_UNCLEAN)
 
 
 @app.command()
@@ -695,19 +731,15 @@ def up(
     parameter: OperatorParameterOption = None,
     allow_data_url: AllowDataUrlOption = None,
 ) -> None:
-    """The embedded platform: model server, retrain webhook and the nightly schedule, until Ctrl-C."""
-    import threading
-
+    """The embedded platform: model server, retrain webhook and the nightly schedule, until SIGTERM or Ctrl-C."""
     from workflows.platform import up as run_platform
+    from workflows.shutdown import Shutdown
 
+    shutdown = Shutdown("fashion-pipeline up").install()
     receiver, runs = _receiver(
         host, webhook_port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline up"
     )
-    stop = threading.Event()
-    try:
-        run_platform(_registry(), host, port, receiver, runs, stop)
-    except KeyboardInterrupt:
-        stop.set()
+    _stopped(shutdown, run_platform(_registry(), host, port, receiver, runs, shutdown))
 
 
 @models_app.command("list")

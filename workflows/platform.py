@@ -2,7 +2,9 @@
 
 The model server (its own process, started once a production model exists), the retrain
 webhook, and the CronWorkflow's schedule applied locally (same expression and timezone,
-concurrencyPolicy Forbid), with one combined log and a clean Ctrl-C shutdown.
+concurrencyPolicy Forbid), with one combined log. SIGTERM or Ctrl-C stops everything it started
+(a run in progress is stopped and recorded as Failed with the reason; events not yet started stay
+in the event log for the next start); a second signal kills what is left.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,20 +22,28 @@ from zoneinfo import ZoneInfo
 
 from steps.registry import Registry
 from workflows import schedule
+from workflows.shutdown import Shutdown, kill_descendants, terminate_group
 from workflows.webhook import RunQueue, WebhookServer
 
 log = logging.getLogger("up")
+SERVER_STOP_S = 30.0  # in-flight requests get this long (uvicorn's graceful shutdown is as long)
+RUN_STOP_S = 120.0  # the node's grace period and the exit handler fit in well under this
 
 
 class ModelServerProcess:
-    """`fashion-pipeline serve` as a child process, its output folded into our log."""
+    """`fashion-pipeline serve` as a child process, its output folded into our log.
+
+    It leads its own process group: a terminal's Ctrl-C reaches only `up`, which stops it once.
+    """
 
     def __init__(self, store_uri: str, host: str, port: int) -> None:
         self.args = [_cli(), "--store", store_uri, "serve", "--host", host, "--port", str(port)]
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0
+        )
         threading.Thread(target=self._relay, name="server-log", daemon=True).start()
 
     def _relay(self) -> None:
@@ -44,13 +55,24 @@ class ModelServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+    def stop(self, timeout_s: float = SERVER_STOP_S) -> bool:
+        """SIGTERM, then SIGKILL after `timeout_s`; True if it stopped by itself, cleanly."""
+        if self.proc is None:
+            return True
+        if self.proc.poll() is None:
+            terminate_group(self.proc.pid)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                log.error("the model server did not stop within %.0f s: killing it", timeout_s)
+                self.kill()
+                return False
+        return self.proc.returncode == 0
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            terminate_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def _cli() -> str:
@@ -98,10 +120,17 @@ def up(
     server_port: int,
     webhook: WebhookServer,
     runs: RunQueue,
-    stop: threading.Event,
-) -> None:
-    """Run until `stop` is set (Ctrl-C in the CLI); everything started here is stopped here."""
+    shutdown: Shutdown,
+) -> bool:
+    """Run until a stop is requested; everything started here is stopped here. True if cleanly."""
+    stop = shutdown.requested
     server = ModelServerProcess(registry.store.uri, host, server_port)
+
+    def force() -> None:
+        runs.terminate(shutdown.reason)
+        kill_descendants()
+
+    shutdown.on_force(force)
     os.environ["FASHION_PIPELINE_SERVER_URL"] = f"http://{host}:{server_port}"  # rollouts go to our server
     scheduler = Scheduler(runs, list(schedule.SCHEDULES), schedule.TIMEZONE, stop)
     webhook.start()
@@ -121,8 +150,10 @@ def up(
                 log.info("no production model yet: the model server starts after the first promotion")
             stop.wait(5)
     finally:
-        log.info("shutting down")
+        log.info("shutting down%s", f" ({shutdown.reason})" if shutdown.reason else "")
         webhook.shutdown()
-        runs.close()
-        server.stop()
-        log.info("stopped")
+        runs_stopped = runs.close(shutdown.reason or "the local platform is shutting down", RUN_STOP_S)
+        server_stopped = server.stop()
+        clean = runs_stopped and server_stopped and not shutdown.forced.is_set()
+        log.info("stopped" if clean else "stopped, not cleanly")
+    return clean

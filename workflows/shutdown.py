@@ -5,9 +5,9 @@ whatever disposition was inherited: a process started with SIGINT ignored (a bac
 non-interactive shell, `nohup`, a CI runner) still stops on either. SIGHUP is left alone, so
 `nohup` keeps its meaning.
 
-The handler only records the request; the stopping runs in an ordinary thread. A handler runs in
-the main thread between two bytecodes, possibly inside `Popen.wait` on the very child it would
-have to stop, so it must never wait on anything itself.
+The handler only writes the signal's number to a pipe; a thread of its own reads it and does the
+rest. A handler runs in the main thread between two bytecodes, possibly inside `Popen.wait` on the
+child it would stop or inside the very `Event.wait` it would set, so it must not take a lock.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class Shutdown:
         self._stop: list[Callable[[], None]] = []
         self._force: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
 
     def install(self) -> Shutdown:
         """Handle SIGTERM and SIGINT from now on (call from the main thread)."""
@@ -63,17 +65,18 @@ class Shutdown:
             _spawn(callback)
 
     def request(self, reason: str) -> None:
-        """Ask for a stop as a signal would; a second request forces."""
-        if not self.requested.is_set():
-            self.reason = reason
-            self.requested.set()
-        elif not self.forced.is_set():
-            self.forced.set()
+        """Ask for a stop as a signal would (from any thread but a signal handler); a second request forces."""
+        with self._lock:
+            if not self.reason:
+                self.reason = reason
+        self._wake(0)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is None:
-            self.signum = signum
-        self.request(f"{self.what} received {signal.Signals(signum).name}")
+        self._wake(signum)
+
+    def _wake(self, signum: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, bytes([signum]))
 
     def exit_status(self) -> int:
         """For a command a signal interrupted: 128 + the signal, as a shell reports it; forced: as if killed."""
@@ -82,16 +85,21 @@ class Shutdown:
         return 128 + (self.signum or signal.SIGTERM)
 
     def _on_request(self) -> None:
-        self.requested.wait()
-        log.info("stopping: %s (a second signal forces)", self.reason)
+        signum = os.read(self._wake_r, 1)[0]
         with self._lock:
+            if signum:
+                self.signum = signum
+                self.reason = f"{self.what} received {signal.Signals(signum).name}"
+            self.requested.set()
             callbacks = list(self._stop)
+        log.info("stopping: %s (a second signal forces)", self.reason)
         for callback in callbacks:
             _spawn(callback)
-        self.forced.wait()
-        log.warning("forced stop: killing what is left")
+        os.read(self._wake_r, 1)
         with self._lock:
+            self.forced.set()
             callbacks = list(self._force)
+        log.warning("forced stop: killing what is left")
         for callback in callbacks:
             _spawn(callback)
         # Whatever still hangs, the process ends within a bounded time after the second signal.

@@ -31,6 +31,7 @@ from steps.storage import ObjectExists, Store
 from workflows import trigger
 from workflows.engine import Engine, resolve_parameters
 from workflows.payload import DEFAULT_DATA_URL_PREFIXES, payload_to_parameters, validate_payload
+from workflows.run_summary import lines, summarise
 
 log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 65536  # the EventSource's maxPayloadSize
@@ -92,6 +93,7 @@ class RunQueue:
         self._pending: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._engine: Engine | None = None
+        self._closing = False
         self._worker = threading.Thread(target=self._work, name="run-queue", daemon=True)
         self._worker.start()
 
@@ -122,11 +124,14 @@ class RunQueue:
             try:
                 engine = Engine(self.manifest(), self.runs_dir, job.parameters, name=job.name)
                 with self._lock:
+                    if self._closing:  # its event stays in the event log: the next start queues it again
+                        continue
                     self._pending.pop(job.name, None)
                     self._engine = engine
                 log.info("running %s", job.name)
                 result = engine.execute()
-                log.info("%s %s%s", job.name, result.phase, f": {result.message}" if result.message else "")
+                for line in lines(summarise(result.record(), result.directory)):
+                    log.info("%s", line)
             except Exception as exc:  # one bad run must not stop the queue
                 log.error("%s could not run: %s", job.name, exc)
             finally:
@@ -134,15 +139,30 @@ class RunQueue:
                     self._pending.pop(job.name, None)
                     self._engine = None
 
-    def close(self, timeout: float = 30) -> None:
-        """Stop the running workflow (its exit handler still runs) and the worker."""
+    def close(self, reason: str = "the local platform is shutting down", timeout: float = 120) -> bool:
+        """Stop the running workflow (its exit handler still runs) and the worker; start nothing more.
+
+        True if the worker ended within `timeout`. Queued runs are dropped here: their events are
+        still in the event log, and the next start queues them again.
+        """
         with self._lock:
+            self._closing = True
             engine = self._engine
             self._pending.clear()
         if engine is not None:
-            engine.stop("the local platform is shutting down")
+            log.info("stopping %s: %s", engine.run.name, reason)
+            engine.stop(reason)
         self._jobs.put(None)
         self._worker.join(timeout)
+        return not self._worker.is_alive()
+
+    def terminate(self, reason: str) -> None:
+        """Like `argo terminate` on the running workflow: no exit handler."""
+        with self._lock:
+            self._closing = True
+            engine = self._engine
+        if engine is not None:
+            engine.terminate(reason)
 
 
 class WebhookServer:
