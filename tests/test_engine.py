@@ -111,7 +111,7 @@ def test_template_deadline_kills_the_step(tmp_path: Path) -> None:
     slow = script("slow", "import time; time.sleep(60)", activeDeadlineSeconds=1)
     started = time.monotonic()
     result = run(workflow([{"name": "slow", "template": "slow"}], [slow]), tmp_path)
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 45  # far below the step's 60 s: the deadline cut it short
     assert result.phase == "Failed"
     assert result.nodes["slow"].message == "Step exceeded its deadline"
 

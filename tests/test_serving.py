@@ -45,7 +45,7 @@ def server(trained_store: TrainedStore, registry: Registry) -> Iterator[ServerPr
         process.stop()
 
 
-def wait_serving(server: ServerProcess, version: str, route: str = "production", timeout: float = 30) -> None:
+def wait_serving(server: ServerProcess, version: str, route: str = "production", timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = requests.post(
@@ -163,7 +163,7 @@ def test_hot_swap_under_continuous_load_drops_no_request(
     try:
         time.sleep(1.0)
         registry.set_alias("production", trained_store.weak, "hot swap test", actor="test")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while versions[trained_store.weak] < 20 and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
@@ -186,7 +186,7 @@ def test_a_version_that_fails_to_load_is_never_swapped_in(
     wait_serving(server, trained_store.good)
     registry.set_alias("production", version, "load failure test", actor="test")
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180
         while f"version {version} failed to load" not in server.logs() and time.monotonic() < deadline:
             time.sleep(0.2)
         response = requests.post(server.url + PREDICT, json={"instances": image_batch(1)}, timeout=10)
@@ -203,7 +203,7 @@ def test_canary_alias_splits_traffic_and_each_answer_names_its_version(
     registry.set_alias("canary", trained_store.weak, "split test", actor="test", extra={"percent": 30})
     try:
         session = requests.Session()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             pinned = session.post(
                 server.url + PREDICT,

@@ -88,7 +88,7 @@ def receiver(tmp_path: Path, real_mirror: Path) -> Iterator[Receiver]:
         started.stop()
 
 
-def wait_finished(receiver: Receiver, name: str, timeout: float = 300) -> dict[str, Any]:
+def wait_finished(receiver: Receiver, name: str, timeout: float = 900) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = requests.get(f"{receiver.url}/runs/{name}", timeout=5).json()

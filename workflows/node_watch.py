@@ -75,14 +75,15 @@ def watch_node(
     """
     done = threading.Event()
 
+    last_seen: list[NodeProgress | None] = [None]
+
     def poll() -> None:
-        last: NodeProgress | None = None
         while not done.wait(POLL_S):
             if stopped():
                 kill()
             progress = read_progress(progress_file)
-            if progress is not None and progress != last:
-                last = progress
+            if progress is not None and progress != last_seen[0]:
+                last_seen[0] = progress
                 on_progress(progress)
 
     thread = threading.Thread(target=poll, name="node-watch", daemon=True)
@@ -92,3 +93,6 @@ def watch_node(
     finally:
         done.set()
         thread.join()
+        final = read_progress(progress_file)  # what the step wrote last, however soon it exited after
+        if final is not None and final != last_seen[0]:
+            on_progress(final)
