@@ -350,3 +350,28 @@ def test_run_takes_a_file_data_url_from_the_operator(tmp_path: Path, drop: Path)
     assert started["by"] == "cli" and started["via"] == "fashion-pipeline run"
     assert started["operator"] == {"data_url": data_url}
     assert open_store(str(tmp_path / "store")).list("datasets")
+
+
+def test_events_from_before_a_restart_are_queued_again_only_if_todays_contract_takes_them(
+    tmp_path: Path, real_mirror: Path
+) -> None:
+    log = EventLog(open_store(str(tmp_path / "store")))
+    # Accepted by an older receiver, when the payload could still carry the policy.
+    log.accept("old", {"event_id": "old", "run": "retrain-old", "parameters": {"min_accuracy": "0"}})
+    log.accept(
+        "weak",
+        {"event_id": "weak", "run": "retrain-weak", "payload": {"event_id": "weak", "allow_equal": True}},
+    )
+    log.accept("fine", {"event_id": "fine", "run": "retrain-fine", "payload": {"event_id": "fine", "epochs": 2}})
+    restarted = Receiver(tmp_path)
+    try:
+        restarted.runs.close()  # queue, run nothing
+        assert restarted.server.requeue_unstarted() == 1
+    finally:
+        restarted.server.shutdown()
+
+    assert restarted.runs.status("retrain-old") is None and restarted.runs.status("retrain-weak") is None
+    requeued = restarted.runs.status("retrain-fine")
+    assert requeued is not None and requeued["parameters"]["epochs"] == "2"
+    assert requeued["parameters"]["min_accuracy"] == OPERATOR["min_accuracy"]
+    assert json.loads(requeued["parameters"]["trigger"])["payload"] == {"event_id": "fine", "epochs": 2}
