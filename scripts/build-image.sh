@@ -4,7 +4,7 @@
 # localhost/..., which no kind or minikube node resolves), then load it into the kind or minikube
 # cluster of the current kubectl context, where imagePullPolicy IfNotPresent finds it.
 #
-# Usage: scripts/build-image.sh [--no-load] [--print-image]
+# Usage: scripts/build-image.sh [--no-load] [--no-cache] [--print-image]
 # Env: CONTAINER_ENGINE=docker|podman (default: whichever answers, docker first);
 #      PYTHON_IMAGE: the base (default python:3.11-slim-bookworm; scripts/build-base-image.sh makes
 #      an equivalent one from Debian packages where no registry can be reached).
@@ -23,14 +23,16 @@ version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/steps/__init__.py")"
 image="docker.io/fashion-pipeline/steps:$version"
 
 load=1
+build_args=()
 for arg in "$@"; do
   case "$arg" in
     --no-load) load=0 ;;
+    --no-cache) build_args+=(--no-cache) ;;
     --print-image)
       printf '%s\n' "$image"
       exit 0
       ;;
-    *) die "unknown argument '$arg' (usage: scripts/build-image.sh [--no-load] [--print-image])" ;;
+    *) die "unknown argument '$arg' (usage: scripts/build-image.sh [--no-load] [--no-cache] [--print-image])" ;;
   esac
 done
 
@@ -58,7 +60,6 @@ fi
 # Never put credentials embedded in a remote URL into an image label.
 source_url="$(git -C "$REPO" config --get remote.origin.url 2>/dev/null | sed -E 's#://[^/@]+@#://#' || true)"
 
-build_args=()
 [[ -n "${PYTHON_IMAGE:-}" ]] && build_args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
 # The machine's package-index configuration reaches pip inside the build: podman mounts the pip
 # config and CA bundle read-only for the RUN steps; both engines get pip's environment variables.

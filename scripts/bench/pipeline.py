@@ -6,7 +6,12 @@ with the sum of the node durations the engine recorded: the rest is orchestratio
 substitution, scheduling, records). Then times `fetch` (a cache hit) and `gate` as processes.
 Targets: orchestration <= 10% of the total; fetch and gate start in < 1 s.
 
+With --containers, the step image instead: its size, and what running each node in it costs against
+the process runtime (the same quick pipeline run both ways, node by node, in the same run). With
+--build, also the image's cold build (no cache) and a cached rebuild after a code change.
+
     FASHION_MNIST_MIRROR=../shared/data/fashion-mnist .venv/bin/python scripts/bench/pipeline.py [-p NAME=VALUE]...
+    .venv/bin/python scripts/bench/pipeline.py --containers [--build]
 """
 
 from __future__ import annotations
@@ -30,10 +35,68 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["-p", "train_limit=3000", "-p", "epochs=1", "-p", "min_accuracy=0.5", "-p", "min_class_recall=0"]
+
+
+def image_build(base: str) -> None:
+    """Cold build (no cache), then a rebuild after a code change (the dependency layer cached)."""
+    env = {**os.environ, "PYTHON_IMAGE": base, "CONTAINER_ENGINE": "podman"}
+    build = [str(REPO / "scripts" / "build-image.sh"), "--no-load"]
+    cold = timed([*build, "--no-cache"], REPO, env)
+    marker = REPO / "steps" / "_bench_marker.py"
+    marker.write_text("# a code change for the cached rebuild\n")
+    try:
+        cached = timed(build, REPO, env)
+    finally:
+        marker.unlink()
+    print(f"image build: cold {cold:.0f} s, cached after a code change {cached:.0f} s")
+
+
+def containers(args: argparse.Namespace) -> None:
+    from workflows import templates
+
+    if args.build:
+        image_build(args.base)
+    size = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Size}}", templates.IMAGE], capture_output=True, text=True
+    )
+    if size.returncode != 0:
+        sys.exit(f"{templates.IMAGE} is not built: scripts/build-image.sh (or pass --build)")
+    print(f"image {templates.IMAGE}: {int(size.stdout) / 1e9:.2f} GB")
+    bare = min(timed(["podman", "run", "--rm", templates.IMAGE, "true"], REPO, dict(os.environ)) for _ in range(3))
+    print(f"container start and stop (podman run --rm IMAGE true): {bare:.2f} s")
+    with tempfile.TemporaryDirectory(prefix="bench-containers-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "FASHION_PIPELINE_STORE": str(work / "store"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        mirror = os.environ.get("FASHION_MNIST_MIRROR", str(REPO.parent / "shared" / "data" / "fashion-mnist"))
+        # The containers reach the data through the store (mounted), not the host's mirror variable.
+        subprocess.run([CLI, "fetch", "--data-url", mirror, "--out", "f"], cwd=work, env=env, check=True)
+        durations = {}
+        for runtime in ("process", "podman"):
+            name = f"bench-{runtime}"
+            subprocess.run(
+                [CLI, "run", "--runtime", runtime, "--name", name, *QUICK], cwd=work, env=env, capture_output=True
+            )
+            run = json.loads((work / "runs" / name / "workflow.json").read_text())
+            durations[runtime] = {n["name"]: n["duration_s"] or 0.0 for n in run["nodes"]}
+            print(f"{runtime}: run {run['phase']}")
+        print(f"  {'node':<14} {'process':>8} {'podman':>8} {'overhead':>9}")
+        for node, seconds in durations["process"].items():
+            in_image = durations["podman"].get(node, 0.0)
+            print(f"  {node:<14} {seconds:7.2f}s {in_image:7.2f}s {in_image - seconds:+8.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-p", "--parameter", action="append", default=[], help="NAME=VALUE for the run")
+    parser.add_argument("--containers", action="store_true", help="measure the step image instead")
+    parser.add_argument("--build", action="store_true", help="with --containers: also time the image build")
+    parser.add_argument("--base", default="localhost/fashion-pipeline/python:3.11-bookworm", help="the base image")
     args = parser.parse_args()
+    if args.containers:
+        containers(args)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
         env = {**os.environ, "FASHION_PIPELINE_STORE": str(work / "store"), "TF_CPP_MIN_LOG_LEVEL": "2"}

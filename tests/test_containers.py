@@ -1,0 +1,223 @@
+"""Every node in the built step image, as its pod runs on a cluster (`run --runtime podman`).
+
+CI (.ci/run) builds the base and the step image before the suite; without them these tests fail in
+CI and are skipped elsewhere. The store is a real S3 server (moto) on 127.0.0.1, reached from inside
+the containers through the host network, as a pod reaches MinIO.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FILE_NAMES, S3Server
+
+from workflows import templates
+from workflows.engine import Engine
+from workflows.runtime import ContainerRuntime
+
+BASE_IMAGE = "localhost/fashion-pipeline/python:3.11-bookworm"
+CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+
+
+def _image_present(image: str) -> bool:
+    if not shutil.which("podman"):
+        return False
+    return subprocess.run(["podman", "image", "exists", image], capture_output=True).returncode == 0
+
+
+def _require(image: str) -> None:
+    if _image_present(image):
+        return
+    message = f"image {image} not built: run scripts/build-base-image.sh and scripts/build-image.sh (see .ci/run)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def step_image() -> str:
+    _require(templates.IMAGE)
+    return templates.IMAGE
+
+
+def _probe_workflow(code: str, outputs: list[str], **pod: Any) -> dict[str, Any]:
+    container = {
+        "image": templates.IMAGE,
+        "command": ["python", "-c", code],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+        "env": [
+            {"name": "GREETING", "value": "{{workflow.name}}"},
+            {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            {
+                "name": "AWS_ACCESS_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": "fashion-pipeline-s3", "key": "AWS_ACCESS_KEY_ID"}},
+            },
+        ],
+    }
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "probe-"},
+        "spec": {
+            "entrypoint": "main",
+            "securityContext": pod,
+            "templates": [
+                {"name": "main", "dag": {"tasks": [{"name": "probe", "template": "probe"}]}},
+                {
+                    "name": "probe",
+                    "container": container,
+                    "outputs": {
+                        "parameters": [{"name": n, "valueFrom": {"path": f"/tmp/outputs/{n}"}} for n in outputs]
+                    },
+                },
+            ],
+        },
+    }
+
+
+FACTS = """
+import json, os
+status = dict(line.split(':\\t', 1) for line in open('/proc/self/status').read().splitlines() if ':\\t' in line)
+facts = {
+    'uid': os.getuid(), 'gid': os.getgid(), 'groups': sorted(os.getgroups()),
+    'cap_eff': status['CapEff'].strip(), 'no_new_privs': status['NoNewPrivs'].strip(),
+    'greeting': os.environ['GREETING'], 'cpus': os.environ['CPUS'], 'key': os.environ['AWS_ACCESS_KEY_ID'],
+    'progress_file': os.environ['ARGO_PROGRESS_FILE'],
+}
+os.makedirs('/tmp/outputs', exist_ok=True)
+open('/tmp/outputs/facts', 'w').write(json.dumps(facts))
+"""
+
+
+def test_a_node_runs_with_its_pods_user_capabilities_env_and_limits(step_image: str, tmp_path: Path) -> None:
+    manifest = _probe_workflow(FACTS, ["facts"], runAsNonRoot=True, runAsUser=10001, runAsGroup=10001, fsGroup=10001)
+    runtime = ContainerRuntime("podman", secrets={"AWS_ACCESS_KEY_ID": "from-the-secret"})
+    result = Engine(manifest, tmp_path / "runs", runtime=runtime).execute()
+    assert result.phase == "Succeeded", result.nodes["probe"].message
+    facts = json.loads(result.nodes["probe"].outputs["facts"])
+    assert (facts["uid"], facts["gid"]) == (10001, 10001)
+    assert 10001 in facts["groups"]
+    assert facts["cap_eff"] == "0000000000000000" and facts["no_new_privs"] == "1"
+    assert facts["greeting"] == result.name and facts["cpus"] == "1" and facts["key"] == "from-the-secret"
+    assert facts["progress_file"] == "/var/run/argo/progress"
+    assert "spec.securityContext" not in " ".join(result.ignored)
+
+
+def test_an_image_that_runs_as_root_is_refused_as_the_kubelet_refuses_it(tmp_path: Path) -> None:
+    _require(BASE_IMAGE)  # the Debian base has no USER: it runs as root
+    manifest = _probe_workflow("pass", [], runAsNonRoot=True)
+    runtime = ContainerRuntime("podman", image=BASE_IMAGE, secrets={"AWS_ACCESS_KEY_ID": "x"})
+    result = Engine(manifest, tmp_path / "runs", runtime=runtime).execute()
+    node = result.nodes["probe"]
+    assert node.phase == "Error" and result.phase == "Failed"
+    assert node.message.startswith("container has runAsNonRoot and image will run as root")
+
+
+def test_an_output_the_step_does_not_write_fails_the_node_with_argos_message(step_image: str, tmp_path: Path) -> None:
+    manifest = _probe_workflow("pass", ["never_written"], runAsNonRoot=True, runAsUser=10001)
+    runtime = ContainerRuntime("podman", secrets={"AWS_ACCESS_KEY_ID": "x"})
+    result = Engine(manifest, tmp_path / "runs", runtime=runtime).execute()
+    node = result.nodes["probe"]
+    assert node.phase == "Error"
+    assert node.message == "open /var/run/argo/outputs/parameters/tmp/outputs/never_written: no such file or directory"
+
+
+def test_a_missing_secret_is_a_clear_error_before_the_container_starts(step_image: str, tmp_path: Path) -> None:
+    manifest = _probe_workflow("pass", [], runAsNonRoot=True, runAsUser=10001)
+    result = Engine(manifest, tmp_path / "runs", runtime=ContainerRuntime("podman", secrets={})).execute()
+    assert result.nodes["probe"].phase == "Error"
+    assert "AWS_ACCESS_KEY_ID" in result.nodes["probe"].message and "export it" in result.nodes["probe"].message
+
+
+# -- the quick pipeline, twice, every node in the step image ------------------------------------------
+def _upload_mirror(s3: S3Server, bucket: str, source: Path) -> str:
+    from minio import Minio
+
+    client = Minio(s3.endpoint.removeprefix("http://"), s3.access_key, s3.secret_key, secure=False)
+    for name in FILE_NAMES.values():
+        client.fput_object(bucket, f"mirror/{name}", str(source / name))
+    return f"s3://{bucket}/mirror"
+
+
+def _pipeline(tmp_path: Path, s3: S3Server, bucket: str, mirror: str, name: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **s3.env(), "FASHION_PIPELINE_STORE": f"s3://{bucket}/store", "TERM": "dumb"}
+    quick = [
+        *("-p", f"data_url={mirror}", "-p", "train_limit=3000", "-p", "epochs=1", "-p", "seed=7"),
+        *("-p", "min_accuracy=0.5", "-p", "min_class_recall=0.0"),
+    ]
+    return subprocess.run(
+        [CLI, "run", "--runtime", "podman", "--runs-dir", str(tmp_path / "runs"), "--name", name, *quick],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,
+    )
+
+
+def _record(tmp_path: Path, name: str) -> dict[str, Any]:
+    return json.loads((tmp_path / "runs" / name / "workflow.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_quick_pipeline_runs_twice_in_the_image_promotes_then_rejects(
+    step_image: str, tmp_path: Path, s3_server: S3Server, real_mirror: Path
+) -> None:
+    from minio import Minio
+
+    bucket = "containers"
+    s3_server.make_bucket(bucket)
+    mirror = _upload_mirror(s3_server, bucket, real_mirror)
+
+    first = _pipeline(tmp_path, s3_server, bucket, mirror, "ctr-first")
+    record = _record(tmp_path, "ctr-first")
+    nodes = {n["name"]: n for n in record["nodes"]}
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert record["phase"] == "Succeeded"
+    assert {n: nodes[n]["phase"] for n in nodes} == {
+        "fetch-dataset": "Succeeded",
+        "train": "Succeeded",
+        "evaluate": "Succeeded",
+        "gate": "Succeeded",
+        "rollout": "Succeeded",
+        "onExit": "Succeeded",
+    }
+    out = {n: nodes[n]["outputs"]["parameters"] for n in nodes}
+    assert out["fetch-dataset"]["dataset_uri"].startswith(f"s3://{bucket}/store/datasets/fashion-mnist/")
+    version = out["train"]["model_version"]
+    assert out["evaluate"]["champion_version"] == ""
+    assert out["gate"] == {"decision": "promote", "model_version": version}
+    # No model server runs beside this test: the version is preflighted and promoted in the registry only.
+    assert out["rollout"] == {"outcome": "promoted", "served_version": ""}
+    assert {"metrics", "confusion-matrix"} <= set(nodes["evaluate"]["outputs"]["artifacts"])
+
+    client = Minio(s3_server.endpoint.removeprefix("http://"), s3_server.access_key, s3_server.secret_key, secure=False)
+    alias = json.loads(client.get_object(bucket, "store/models/fashion-mnist/aliases/production.json").read())
+    assert alias["version"] == version
+
+    summary = Path(nodes["onExit"]["outputs"]["artifacts"]["summary"]).read_text()
+    assert summary.startswith("# ctr-first: Succeeded") and "## Failures" not in summary
+    assert f"Production: {version}" in summary
+
+    second = _pipeline(tmp_path, s3_server, bucket, mirror, "ctr-second")
+    record = _record(tmp_path, "ctr-second")
+    nodes = {n["name"]: n for n in record["nodes"]}
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert nodes["fetch-dataset"]["outputs"]["parameters"]["cache_hit"] == "true"
+    # Evaluated against production (the champion path: scipy's exact McNemar test) and rejected.
+    assert nodes["evaluate"]["outputs"]["parameters"]["champion_version"] == version
+    assert nodes["gate"]["outputs"]["parameters"]["decision"] == "reject"
+    assert nodes["rollout"]["phase"] == "Skipped"
+    assert nodes["rollout"]["outputs"]["parameters"] == {"outcome": "skipped", "served_version": ""}
+    alias = json.loads(client.get_object(bucket, "store/models/fashion-mnist/aliases/production.json").read())
+    assert alias["version"] == version
+    summary = Path(nodes["onExit"]["outputs"]["artifacts"]["summary"]).read_text()
+    assert "**reject**" in summary and f"Production: {version}" in summary
