@@ -137,6 +137,18 @@ def test_a_missing_secret_is_a_clear_error_before_the_container_starts(step_imag
     assert "AWS_ACCESS_KEY_ID" in result.nodes["probe"].message and "export it" in result.nodes["probe"].message
 
 
+def test_a_file_store_is_mounted_at_its_path_and_given_to_the_pods_fs_group(step_image: str, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "datasets").mkdir(parents=True)
+    code = f"open({str(store / 'datasets' / 'written-by-the-pod')!r}, 'w').write('ok')"
+    manifest = _probe_workflow(code, [], runAsNonRoot=True, runAsUser=10001, runAsGroup=10001, fsGroup=10001)
+    runtime = ContainerRuntime("podman", file_store=store, secrets={"AWS_ACCESS_KEY_ID": "x"})
+    result = Engine(manifest, tmp_path / "runs", runtime=runtime).execute()
+    assert result.phase == "Succeeded", result.nodes["probe"].message
+    written = store / "datasets" / "written-by-the-pod"
+    assert written.read_text() == "ok" and written.stat().st_uid == 10001 and written.stat().st_gid == 10001
+
+
 # -- the quick pipeline, twice, every node in the step image ------------------------------------------
 def _upload_mirror(s3: S3Server, bucket: str, source: Path) -> str:
     from minio import Minio
