@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -252,3 +253,21 @@ def test_a_second_signal_forces_the_stop_and_skips_the_exit_handler(tmp_path: Pa
     assert stopped["phase"] == "Failed" and stopped["message"] == "Stopped: fashion-pipeline run received SIGTERM"
     assert node_phase(tmp_path, "stubborn", "onExit") == "Failed"
     wait_for(lambda: not alive(tree), "every process of the run to end", timeout=30)
+
+
+TF_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} \d\d:\d\d:\d\d)", re.M)
+
+
+def test_tensorflow_native_log_lines_only_with_verbose(tmp_path: Path, drop: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["FASHION_PIPELINE_STORE"] = str(tmp_path / "store")
+    fetched = fashion(tmp_path, "fetch", "--data-url", str(drop), "--out", "fetch", env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    dataset = (tmp_path / "fetch" / "dataset_uri").read_text()
+    train = ["train", "--dataset", dataset, "--epochs", "1", "--batch-size", "32", "--architecture", "small-cnn"]
+    quiet = fashion(tmp_path, *train, "--out", "quiet", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not TF_NATIVE_LOG.search(quiet.stderr), quiet.stderr
+    loud = fashion(tmp_path, "-v", *train, "--out", "loud", env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert TF_NATIVE_LOG.search(loud.stderr), loud.stderr
