@@ -77,6 +77,7 @@ class FetchResult:
     canonical: bool
     cache_hit: bool
     counts: dict[str, int]
+    stats: dict[str, Any] | None = None  # per split: class counts, pixel mean and std (None: fetched before stats)
 
 
 class MirrorError(UserError):
@@ -104,7 +105,7 @@ def fetch_dataset(store: Store, mirrors: list[tuple[str, bool]]) -> FetchResult:
     for mirror, custom in mirrors:
         try:
             files = {role: _read_file(mirror, name) for role, name in FILES.items()}
-            digests, counts = _validate(mirror, files, allow_custom=custom)
+            digests, counts, stats = _validate(mirror, files, allow_custom=custom)
         except MirrorError as exc:
             log.warning("%s; trying the next mirror", exc)
             failures.append(str(exc))
@@ -112,7 +113,7 @@ def fetch_dataset(store: Store, mirrors: list[tuple[str, bool]]) -> FetchResult:
         digest = dataset_digest(digests)
         if store.exists(_manifest_key(digest)):
             return _cache_hit(store, digest, source=mirror)
-        return _publish(store, digest, digests, counts, files, mirror)
+        return _publish(store, digest, digests, counts, stats, files, mirror)
     raise UserError(f"no mirror served a valid Fashion-MNIST ({len(failures)} tried): " + " | ".join(failures))
 
 
@@ -127,6 +128,7 @@ def _cache_hit(store: Store, digest: str, source: str) -> FetchResult:
         canonical=manifest["canonical"],
         cache_hit=True,
         counts=manifest["counts"],
+        stats=manifest.get("stats"),
     )
 
 
@@ -135,6 +137,7 @@ def _publish(
     digest: str,
     digests: dict[str, str],
     counts: dict[str, int],
+    stats: dict[str, Any],
     files: dict[str, bytes],
     mirror: str,
 ) -> FetchResult:
@@ -146,11 +149,20 @@ def _publish(
     # The manifest is written last: a dataset without one is incomplete and never read.
     store.write_json(
         _manifest_key(digest),
-        {"digest": digest, "files": digests, "counts": counts, "canonical": canonical, "source": mirror},
+        {
+            "digest": digest,
+            "files": digests,
+            "counts": counts,
+            "stats": stats,
+            "canonical": canonical,
+            "source": mirror,
+        },
     )
     uri = store.uri_of(prefix)
     log.info("dataset %s fetched from %s and stored at %s", digest[:12], mirror, uri)
-    return FetchResult(uri=uri, digest=digest, source=mirror, canonical=canonical, cache_hit=False, counts=counts)
+    return FetchResult(
+        uri=uri, digest=digest, source=mirror, canonical=canonical, cache_hit=False, counts=counts, stats=stats
+    )
 
 
 def _manifest_key(digest: str) -> str:
@@ -212,9 +224,32 @@ def parse_idx(mirror: str, name: str, raw: bytes, images: bool) -> np.ndarray:
     return array.reshape(count, 28, 28) if images else array
 
 
-def _validate(mirror: str, files: dict[str, bytes], allow_custom: bool) -> tuple[dict[str, str], dict[str, int]]:
+def check_drop(location: str) -> tuple[str, dict[str, int]]:
+    """The digest and split sizes of the custom drop at `location`; MirrorError names a missing or invalid file."""
+    files = {role: _read_file(location, name) for role, name in FILES.items()}
+    digests, counts, _ = _validate(location, files, allow_custom=True)
+    return dataset_digest(digests), counts
+
+
+def split_stats(images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Class counts and pixel mean/std of one split, from a histogram: no float copy of the images."""
+    histogram = np.bincount(images.reshape(-1), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    mean = float(histogram @ levels / histogram.sum())
+    std = float(np.sqrt(histogram @ (levels - mean) ** 2 / histogram.sum()))
+    return {
+        "class_counts": [int(c) for c in np.bincount(labels, minlength=10)],
+        "pixel_mean": round(mean, 4),
+        "pixel_std": round(std, 4),
+    }
+
+
+def _validate(
+    mirror: str, files: dict[str, bytes], allow_custom: bool
+) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:
     digests: dict[str, str] = {}
     counts: dict[str, int] = {}
+    stats: dict[str, Any] = {}
     for split in ("train", "test"):
         arrays = {}
         for kind in ("images", "labels"):
@@ -241,7 +276,8 @@ def _validate(mirror: str, files: dict[str, bytes], allow_custom: bool) -> tuple
                 f"at index {bad} is out of range 0..9"
             )
         counts[split] = n_images
-    return digests, counts
+        stats[split] = split_stats(arrays["images"], arrays["labels"])
+    return digests, counts, stats
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from steps.lineage import dataset_lines
 from steps.registry import Registry
 
 
-def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any], decision: dict[str, Any]) -> str:
+def model_card_markdown(
+    card: dict[str, Any], metrics: dict[str, Any], decision: dict[str, Any], data: list[str] | None = None
+) -> str:
     candidate = metrics["candidate"]
     params = card.get("params", {})
     lines = [
@@ -50,7 +53,16 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any], decision:
         f"- created: {card.get('created', '?')}",
         "",
     ]
+    if data:
+        lines += ["## Data", "", *data, ""]
     return "\n".join(lines)
+
+
+def data_lines(registry: Registry, version: str, champion: str | None) -> list[str]:
+    """The lineage of a version's training data and its difference from the champion's (steps/lineage.py)."""
+    card = registry.card(version)
+    champion_uri = registry.card(champion).get("dataset", {}).get("uri") if champion else None
+    return dataset_lines(card.get("dataset", {}).get("uri"), card.get("workflow"), champion_uri)
 
 
 def run_summary(registry: Registry, workflow: str, status: str, failures: str) -> str:
@@ -67,6 +79,8 @@ def run_summary(registry: Registry, workflow: str, status: str, failures: str) -
         evaluations = registry.records(version, "evaluations")
         if evaluations:
             lines.append(f"- test accuracy: {evaluations[-1]['candidate']['accuracy']:.4f}")
+        champion = (evaluations[-1].get("champion") or {}).get("version") if evaluations else None
+        lines += data_lines(registry, version, champion)
         decisions = registry.records(version, "decisions")
         if decisions:
             lines.append(f"- gate: **{decisions[-1]['decision']}**: " + "; ".join(decisions[-1]["reasons"]))

@@ -50,14 +50,22 @@ class Store(ABC):
         """Keys under `prefix` (recursive, sorted), relative to this store's root."""
 
     @abstractmethod
-    def _put(self, key: str, data: bytes, replace: bool) -> None: ...
+    def _put(self, key: str, data: bytes, replace: bool, metadata: dict[str, str] | None = None) -> None: ...
+
+    @abstractmethod
+    def version(self, key: str) -> str | None:
+        """A token that changes whenever `key` is written again (None: no such object)."""
+
+    def user_metadata(self, key: str) -> dict[str, str]:
+        """The object's user metadata (S3 `x-amz-meta-*`, names lower-case, prefix removed); files have none."""
+        return {}
 
     def uri_of(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Create `key`; refuses to overwrite an existing object."""
-        self._put(key, data, replace=False)
+    def write_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        """Create `key` (with S3 user metadata, if any); refuses to overwrite an existing object."""
+        self._put(key, data, replace=False, metadata=metadata)
 
     def replace_bytes(self, key: str, data: bytes) -> None:
         """Atomically create or replace `key` (readers see the old or the new bytes, never a mix)."""
@@ -129,6 +137,13 @@ class FileStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def version(self, key: str) -> str | None:
+        try:
+            stat = self._path(key).stat()
+        except OSError:
+            return None
+        return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix)
         if not base.is_dir():
@@ -139,7 +154,7 @@ class FileStore(Store):
             if p.is_file() and not p.name.startswith(_TMP_PREFIX)
         )
 
-    def _put(self, key: str, data: bytes, replace: bool) -> None:
+    def _put(self, key: str, data: bytes, replace: bool, metadata: dict[str, str] | None = None) -> None:
         final = self._path(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -241,11 +256,23 @@ class S3Store(Store):
         return self._call("read", key, get)
 
     def exists(self, key: str) -> bool:
+        return self.version(key) is not None
+
+    def _stat(self, key: str) -> Any:
         try:
-            self._call("stat", key, self._client.stat_object, self.bucket, self._name(key))
+            return self._call("stat", key, self._client.stat_object, self.bucket, self._name(key))
         except NotFound:
-            return False
-        return True
+            return None
+
+    def version(self, key: str) -> str | None:
+        stat = self._stat(key)
+        return None if stat is None else f"{stat.etag}-{stat.last_modified.isoformat() if stat.last_modified else ''}"
+
+    def user_metadata(self, key: str) -> dict[str, str]:
+        stat = self._stat(key)
+        prefix = "x-amz-meta-"
+        headers = stat.metadata.items() if stat is not None and stat.metadata else []
+        return {k.lower()[len(prefix) :]: v for k, v in headers if k.lower().startswith(prefix)}
 
     def list(self, prefix: str = "") -> list[str]:
         name = self._name(prefix)
@@ -261,7 +288,7 @@ class S3Store(Store):
             keys = [k for k in keys if k == prefix or k.startswith(prefix.rstrip("/") + "/")]
         return sorted(keys)
 
-    def _put(self, key: str, data: bytes, replace: bool) -> None:
+    def _put(self, key: str, data: bytes, replace: bool, metadata: dict[str, str] | None = None) -> None:
         # A single PUT is atomic in S3: readers see the old object or the new one.
         if not replace and self.exists(key):
             raise ObjectExists(f"refusing to overwrite {self.uri_of(key)}: store objects are written once")
@@ -273,6 +300,7 @@ class S3Store(Store):
             self._name(key),
             io.BytesIO(data),
             len(data),
+            metadata=metadata or None,
         )
 
 

@@ -124,9 +124,18 @@ def fetch(
 ) -> None:
     """Fetch Fashion-MNIST from the first valid mirror into the store (once per digest)."""
     from steps.dataset import fetch_dataset, mirror_chain
+    from steps.lineage import lineage_record, write_lineage
+    from workflows import trigger
 
     mirrors = mirror_chain(data_url or None, os.environ.get("FASHION_MNIST_MIRROR"))
-    result = fetch_dataset(_store(), mirrors)
+    store = _store()
+    result = fetch_dataset(store, mirrors)
+    raw_trigger = os.environ.get(trigger.ENV)
+    started = trigger.read(raw_trigger) if raw_trigger else {"by": "cli", "via": "fetch"}
+    lineage = lineage_record(result, data_url or None, os.environ.get("FASHION_PIPELINE_WORKFLOW") or None, started)
+    lineage_uri = write_lineage(store, lineage)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     values = {
         "dataset_uri": result.uri,
         "dataset_digest": result.digest,
@@ -135,7 +144,15 @@ def fetch(
         "source": result.source,
     }
     _write_outputs(out, values)
-    _summary({**values, "counts": f"{result.counts['train']} train, {result.counts['test']} test"})
+    drop = lineage["drop"] or {}
+    _summary(
+        {
+            **values,
+            "counts": f"{result.counts['train']} train, {result.counts['test']} test",
+            **({"drop": drop.get("drop_id", "unreadable drop.json")} if lineage["drop"] else {}),
+            "lineage": lineage_uri,
+        }
+    )
 
 
 def _default_dataset(dataset: str) -> str:
@@ -262,7 +279,7 @@ def gate(
 ) -> None:
     """Apply the promotion policy to evaluate's metrics and write the decision record."""
     from steps.gate import Policy, decide, policy_sources
-    from steps.report import model_card_markdown
+    from steps.report import data_lines, model_card_markdown
     from workflows import trigger
 
     metrics_data = _read_metrics(metrics)
@@ -288,7 +305,9 @@ def gate(
     out.mkdir(parents=True, exist_ok=True)
     (out / "decision.json").write_text(json.dumps(record, indent=2) + "\n")
     card = registry.card(record["candidate"]) if record["candidate"] else {}
-    (out / "model-card.md").write_text(model_card_markdown(card, metrics_data, record))
+    champion = (metrics_data.get("champion") or {}).get("version")
+    data = data_lines(registry, record["candidate"], champion) if record["candidate"] else None
+    (out / "model-card.md").write_text(model_card_markdown(card, metrics_data, record, data))
     _write_outputs(out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
     _summary({"decision": record["decision"], "reasons": "; ".join(record["reasons"]), "record": out / "decision.json"})
 
@@ -730,8 +749,12 @@ def up(
     runs_dir: RunsDirOption = Path("runs"),
     parameter: OperatorParameterOption = None,
     allow_data_url: AllowDataUrlOption = None,
+    drop_poll: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between looks at the store's incoming/ for data drops (0: off).")
+    ] = 5.0,
 ) -> None:
-    """The embedded platform: model server, retrain webhook and the nightly schedule, until SIGTERM or Ctrl-C."""
+    """The embedded platform: model server, retrain webhook, data drops and the nightly schedule, until Ctrl-C."""
+    from workflows.drops import DropWatcher
     from workflows.platform import up as run_platform
     from workflows.shutdown import Shutdown
 
@@ -739,7 +762,35 @@ def up(
     receiver, runs = _receiver(
         host, webhook_port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline up"
     )
-    _stopped(shutdown, run_platform(_registry(), host, port, receiver, runs, shutdown))
+    drops = DropWatcher(_store(), runs, drop_poll) if drop_poll > 0 else None
+    _stopped(shutdown, run_platform(_registry(), host, port, receiver, runs, shutdown, drops))
+
+
+@app.command()
+def drop(
+    directory: Annotated[Path, typer.Argument(help="A folder with the four Fashion-MNIST *-ubyte.gz files.")],
+    drop_id: Annotated[
+        str | None, typer.Option("--id", help="The drop's id (default: its drop.json's, else the folder's name).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the alias history).")] = None,
+    parameter: Annotated[
+        list[str] | None,
+        typer.Option("--parameter", "-p", help="NAME=VALUE, a training argument for this drop's run (repeatable)."),
+    ] = None,
+) -> None:
+    """Deliver a data drop to the store's incoming/<id>/: the data first, drop.json last; prints the run's name.
+
+    `up` (or, on a cluster, the Sensor fashion-drops) starts one run, drop-<id>, per drop.
+    """
+    from workflows.drops import prepare_manifest, run_name, upload_drop
+
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory: give the folder holding the drop's *-ubyte.gz files")
+    manifest = prepare_manifest(directory, drop_id, reason, _parameters(parameter))
+    store = _store()
+    for key in upload_drop(store, directory, manifest):
+        log.info("uploaded %s", store.uri_of(key))
+    typer.echo(run_name(manifest["drop_id"]))
 
 
 @models_app.command("list")

@@ -58,7 +58,7 @@ def validate_payload(body: Any, data_url_prefixes: Iterable[str] = DEFAULT_DATA_
         return [f"the payload must be a JSON object, got {type(body).__name__}"]
     messages: set[str] = set()
     for error in _validator().iter_errors(body):
-        messages.update(_messages(error, body))
+        messages.update(violation_messages(error, body))
     url = body.get(DATA_URL)
     if isinstance(url, str) and not any(m.startswith(f"{DATA_URL}:") for m in messages):
         problem = data_url_problem(url, tuple(data_url_prefixes))
@@ -108,9 +108,10 @@ def operator_arguments() -> tuple[str, ...]:
     return tuple(argument.name for argument in pipeline.ARGUMENTS if argument.name not in fields)
 
 
-def _messages(error: ValidationError, body: dict[str, Any]) -> list[str]:
+def violation_messages(error: ValidationError, body: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
+    """One line per violation, naming the field; `schema` is the contract violated (default: the payload's)."""
     field = ".".join(str(part) for part in error.absolute_path)
-    known = list(_schema()["properties"])
+    known = list((schema or _schema())["properties"])
     if error.validator == "required":
         return [f"{name}: required" for name in error.validator_value if name not in body]
     if error.validator == "additionalProperties":

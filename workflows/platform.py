@@ -1,8 +1,9 @@
 """`fashion-pipeline up`: the embedded platform in one foreground process.
 
 The model server (its own process, started once a production model exists), the retrain
-webhook, and the CronWorkflow's schedule applied locally (same expression and timezone,
-concurrencyPolicy Forbid), with one combined log. SIGTERM or Ctrl-C stops everything it started
+webhook, the data-drop watcher on the store's incoming/ (workflows/drops.py), and the
+CronWorkflow's schedule applied locally (same expression and timezone, concurrencyPolicy
+Forbid), with one combined log. SIGTERM or Ctrl-C stops everything it started
 (a run in progress is stopped and recorded as Failed with the reason; events not yet started stay
 in the event log for the next start); a second signal kills what is left.
 """
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from steps.registry import Registry
 from workflows import schedule
+from workflows.drops import DropWatcher
 from workflows.shutdown import Shutdown, kill_descendants, terminate_group
 from workflows.webhook import RunQueue, WebhookServer
 
@@ -121,6 +123,7 @@ def up(
     webhook: WebhookServer,
     runs: RunQueue,
     shutdown: Shutdown,
+    drops: DropWatcher | None = None,
 ) -> bool:
     """Run until a stop is requested; everything started here is stopped here. True if cleanly."""
     stop = shutdown.requested
@@ -138,6 +141,12 @@ def up(
     requeued = webhook.requeue_unstarted()
     if requeued:
         log.info("%d accepted event(s) from before a restart queued again", requeued)
+    if drops is not None:
+        requeued = drops.requeue_unstarted()
+        if requeued:
+            log.info("%d accepted data drop(s) from before a restart queued again", requeued)
+        log.info("data drops: watching %s every %.0f s", drops.store.uri_of("incoming/"), drops.poll_s)
+        drops.start()
     scheduler.start()
     try:
         while not stop.is_set():
@@ -152,6 +161,8 @@ def up(
     finally:
         log.info("shutting down%s", f" ({shutdown.reason})" if shutdown.reason else "")
         webhook.shutdown()
+        if drops is not None:
+            drops.stop()
         runs_stopped = runs.close(shutdown.reason or "the local platform is shutting down", RUN_STOP_S)
         server_stopped = server.stop()
         clean = runs_stopped and server_stopped and not shutdown.forced.is_set()

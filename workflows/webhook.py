@@ -97,9 +97,16 @@ class RunQueue:
         self._worker = threading.Thread(target=self._work, name="run-queue", daemon=True)
         self._worker.start()
 
-    def submit(self, name: str, parameters: dict[str, str], by: str, payload: Mapping[str, Any] | None = None) -> None:
-        """Queue a run; `by` and `payload` (a webhook event's body) go into its `trigger` argument."""
-        started = trigger.summary(by, self.launcher, payload=payload, operator=self.operator)
+    def submit(
+        self,
+        name: str,
+        parameters: dict[str, str],
+        by: str,
+        payload: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue a run; `by`, `payload` (the event's body) and `details` go into its `trigger` argument."""
+        started = trigger.summary(by, self.launcher, payload=payload, operator=self.operator, **(details or {}))
         job = _Job(name, {**self.defaults, **self.operator, **parameters, trigger.ARGUMENT: started})
         with self._lock:
             self._pending[name] = job
