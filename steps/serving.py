@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from steps.errors import UserError
+from steps.hardware import cpu_has_bf16
 from steps.model import load_serving_function
 from steps.registry import MODEL_NAME, Registry
 
@@ -425,15 +426,6 @@ def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: floa
 
 
 SERVING_PRECISIONS = ("auto", "bfloat16", "float32")
-
-
-def cpu_has_bf16() -> bool:
-    """AMX or AVX-512 BF16: oneDNN then runs bfloat16 convolutions natively (several times faster)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def configure_runtime(precision: str, threads: int) -> str:

@@ -15,11 +15,13 @@ import numpy as np
 
 from steps.dataset import load_dataset
 from steps.errors import UserError
+from steps.hardware import cpu_has_bf16
 from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, export_saved_model
 from steps.registry import Registry
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("float32", "mixed_bfloat16")
+# auto: mixed_bfloat16 where the CPU runs it natively (AMX, AVX-512 BF16), float32 elsewhere.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 VALIDATION_FRACTION = 0.05
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -32,7 +34,7 @@ class TrainParams:
     seed: int = 42
     architecture: str = DEFAULT_ARCHITECTURE
     train_limit: int = 0  # 0 = the whole train split
-    precision: str = "mixed_bfloat16"
+    precision: str = "auto"
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -47,6 +49,13 @@ class TrainParams:
             raise UserError(f"unknown architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy for `precision`; an explicit value always wins over `auto`."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ def train(
         params.epochs,
         params.batch_size,
         params.learning_rate,
-        params.precision,
+        resolve_precision(params.precision),
     )
 
     started = time.perf_counter()
@@ -100,6 +109,7 @@ def train(
             "params": asdict(params),
             "dataset": {"uri": dataset_uri, "digest": dataset.digest, "train_examples": len(x_fit)},
             "training": {
+                "precision": resolve_precision(params.precision),
                 "seconds": round(train_seconds, 2),
                 "final": {k: v[-1] for k, v in history.items() if v},
             },
@@ -141,7 +151,7 @@ def _fit(
     import tensorflow as tf
 
     keras.utils.set_random_seed(params.seed)
-    model = build_model(params.architecture, params.precision)
+    model = build_model(params.architecture, resolve_precision(params.precision))
     steps_per_epoch = max(1, len(x) // params.batch_size)
     total = steps_per_epoch * params.epochs
     warmup = max(1, total // 10)

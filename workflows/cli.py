@@ -180,7 +180,7 @@ def train(
     seed: int = 42,
     architecture: Annotated[str | None, typer.Option(help="fast-cnn, wide-cnn or small-cnn.")] = None,
     train_limit: Annotated[int, typer.Option(help="Train on this many images (0 = all).")] = 0,
-    precision: Annotated[str | None, typer.Option(help="mixed_bfloat16 or float32.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, mixed_bfloat16 or float32.")] = None,
     out: OutOption = Path("outputs/train"),
 ) -> None:
     """Train the CNN, export a SavedModel and publish it as a new registry version."""
