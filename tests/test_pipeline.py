@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,15 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     assert run["parameters"]["rollout_target"] == "local"
     summary = next(n for n in run["nodes"] if n["name"] == "onExit")["outputs"]["artifacts"]["summary"]
     assert "first: Succeeded" in Path(summary).read_text()
+    # What the user sees: the train row's progress while it runs, then the result on stdout.
+    assert "first train: Running: epoch 1/1, val accuracy 0." in first.stderr
+    version, accuracy = production["version"], float(run["outputs"]["parameters"]["accuracy"])
+    assert first.stdout.splitlines()[0].startswith("first Succeeded in ")
+    assert f"  model       {version}: test accuracy {accuracy:.4f}\n" in first.stdout
+    assert "  champion    none in production\n  gate        promote\n" in first.stdout
+    assert re.search(r"\n    ✓ min_accuracy +value 0\.\d{4} +threshold 0\.5000\n", first.stdout), first.stdout
+    assert "  rollout     promoted" in first.stdout and f"  production  {version}\n" in first.stdout
+    assert f"  records     {workdir / 'runs' / 'first' / 'workflow.json'}, " in first.stdout
 
     second = fashion(workdir, "run", *QUICK, "-p", "min_accuracy=0.99", "-p", "seed=3", "--name", "second")
     assert second.returncode == 0, second.stderr  # a rejection is a successful run
@@ -71,6 +81,11 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     assert decision["decision"] == "reject"
     assert decision["champion"] == production["version"]
     assert any("< floor 0.9900" in reason for reason in decision["reasons"])
+    [gate_line] = [line for line in second.stdout.splitlines() if line.startswith("  gate ")]
+    assert re.match(r"  gate        reject: accuracy 0\.\d{4} < floor 0\.9900(; |$)", gate_line), gate_line
+    assert f"  champion    {production['version']}: accuracy 0." in second.stdout
+    assert "    ✗ min_accuracy " in second.stdout and "  rollout     skipped" in second.stdout
+    assert f"  production  {production['version']}\n" in second.stdout
     assert registry.alias("production")["version"] == production["version"]  # type: ignore[index]
     assert len(registry.history("production")) == 1
 
