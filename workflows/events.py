@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from workflows import pipeline, trigger
+from workflows.drops import CREATED_PATTERN
 from workflows.payload import (
     DATA_URL,
     DEFAULT_DATA_URL_PREFIXES,
@@ -233,6 +234,14 @@ LUA_PATTERNS = {
         ' or v:find("^file://[^\\t\\n\\r ]+$") ~= nil)'
     ),
     "\\n": 'v:find("\\n", 1, true) ~= nil',
+    # A data drop's `created` (workflows/drops.py): Lua patterns have no alternation, hence four of them.
+    CREATED_PATTERN: "("
+    + " or ".join(
+        f'v:find("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d{fraction}{zone}$") ~= nil'
+        for fraction in ("", "%.%d+")
+        for zone in ("Z", "[+-]%d%d:%d%d")
+    )
+    + ")",
 }
 _ANNOTATIONS = frozenset({"description", "default", "title", "$comment", "examples"})
 _FIELD_KEYWORDS = frozenset(
@@ -323,6 +332,16 @@ def lua_data_url_conditions(prefixes: tuple[str, ...]) -> str:
 
 def lua_filter(schema: dict[str, Any], data_url_prefixes: tuple[str, ...] = DEFAULT_DATA_URL_PREFIXES) -> str:
     """A Lua script filter that is true exactly for the bodies `schema` and the allowlist accept (nulls aside)."""
+    lines = [
+        "-- Generated from workflows/retrain-payload.schema.json by workflows/events.py.",
+        "local body = event.body",
+        *lua_checks(schema, data_url_prefixes),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def lua_checks(schema: dict[str, Any], data_url_prefixes: tuple[str, ...] = DEFAULT_DATA_URL_PREFIXES) -> list[str]:
+    """Lua lines that `return false` unless the table `body` keeps `schema` (and the allowlist); then `return true`."""
     if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
         raise ValueError("the payload schema must be a closed object (additionalProperties: false)")
     extra = set(schema) - _ANNOTATIONS - {"$schema", "$id", "type", "required", "additionalProperties", "properties"}
@@ -330,8 +349,6 @@ def lua_filter(schema: dict[str, Any], data_url_prefixes: tuple[str, ...] = DEFA
         raise ValueError(f"the Sensor filter cannot express {sorted(extra)} of the payload schema")
     known = ", ".join(f"[{lua_string(name)}] = true" for name in schema["properties"])
     lines = [
-        "-- Generated from workflows/retrain-payload.schema.json by workflows/events.py.",
-        "local body = event.body",
         'if type(body) ~= "table" then return false end',
         f"local known = {{{known}}}",
         "for key in pairs(body) do",
@@ -360,7 +377,7 @@ def lua_filter(schema: dict[str, Any], data_url_prefixes: tuple[str, ...] = DEFA
         lines.append(f"v = body[{lua_string(DATA_URL)}]")
         lines.append(f"if v ~= nil and not ({lua_data_url_conditions(data_url_prefixes)}) then return false end")
     lines.append("return true")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,12 +404,17 @@ def sensor_workflow(payload: dict[str, Any], sensor_manifest: dict[str, Any] | N
     falling back to `src.value` when missing; the result is a string set at `dest` (sjson), after
     `append`/`prepend` joined it with the value already there.
     """
-    manifest = sensor_manifest or sensor()
-    trigger = manifest["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    return apply_trigger(sensor_manifest or sensor(), {"header": {}, "body": payload})
+
+
+def apply_trigger(sensor_manifest: dict[str, Any], event_data: dict[str, Any]) -> dict[str, Any]:
+    """The resource the Sensor's first trigger submits for an event whose data is `event_data`."""
+    trigger = sensor_manifest["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    dependency = sensor_manifest["spec"]["dependencies"][0]["name"]
     resource = copy.deepcopy(trigger["source"]["resource"])
-    event = json.loads(json.dumps({"header": {}, "body": payload}), parse_int=_RawNumber, parse_float=_RawNumber)
+    event = json.loads(json.dumps(event_data), parse_int=_RawNumber, parse_float=_RawNumber)
     for parameter in trigger.get("parameters", []):
-        value = _resolve(parameter["src"], event)
+        value = _resolve(parameter["src"], event, dependency)
         operation = parameter.get("operation", "")
         if operation in ("append", "prepend"):
             current = _gjson_get(resource, parameter["dest"])
@@ -405,9 +427,9 @@ def sensor_workflow(payload: dict[str, Any], sensor_manifest: dict[str, Any] | N
     return resource
 
 
-def _resolve(src: dict[str, Any], event: dict[str, Any]) -> str:
-    if src.get("dependencyName") != DEPENDENCY:
-        raise ValueError(f"parameter source depends on {src.get('dependencyName')!r}, not {DEPENDENCY!r}")
+def _resolve(src: dict[str, Any], event: dict[str, Any], dependency: str = DEPENDENCY) -> str:
+    if src.get("dependencyName") != dependency:
+        raise ValueError(f"parameter source depends on {src.get('dependencyName')!r}, not {dependency!r}")
     found = _gjson_get(event, src["dataKey"]) if "dataKey" in src else _MISSING
     if found is not _MISSING:
         return _gjson_string(found)
@@ -422,9 +444,14 @@ def _path(path: str) -> list[str]:
     return path.split(".")
 
 
+FROM_STRING = "@fromstr"
+
+
 def _gjson_get(document: Any, path: str) -> Any:
     if path.startswith("{") and path.endswith("}"):
         return _gjson_multipath(document, path)
+    if "|" in path:
+        return _gjson_pipe(document, path)
     node = document
     for part in _path(path):
         if isinstance(node, dict) and part in node:
@@ -434,6 +461,24 @@ def _gjson_get(document: Any, path: str) -> Any:
         else:
             return _MISSING
     return node
+
+
+def _gjson_pipe(document: Any, path: str) -> Any:
+    """`path|@fromstr[|rest]`: a string holding JSON, decoded (gjson >= 1.14, Argo Events v1.9.11 has 1.19)."""
+    head, _, tail = path.partition("|")
+    modifier, _, rest = tail.partition("|")
+    if modifier != FROM_STRING:
+        raise ValueError(f"gjson path {path!r} uses syntax this emulation does not cover")
+    text = _gjson_get(document, head)
+    if not isinstance(text, str) or isinstance(text, _RawNumber | _RawJson):
+        return _MISSING
+    try:
+        decoded = json.loads(text, parse_int=_RawNumber, parse_float=_RawNumber)
+    except json.JSONDecodeError:
+        return _MISSING
+    if not rest:
+        return _RawJson(text) if isinstance(decoded, dict | list) else decoded
+    return _gjson_get(decoded, rest)
 
 
 def _gjson_multipath(document: Any, path: str) -> _RawJson:
