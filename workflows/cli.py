@@ -581,15 +581,18 @@ def serve(
     ] = 1,
     reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
-    """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics)."""
+    """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics).
+
+    SIGTERM or Ctrl-C: readiness off, requests in flight answered, port freed; a second signal forces.
+    """
+    from workflows.shutdown import Shutdown
+
+    shutdown = Shutdown("serve").install()
     registry = None
     if not storage_uri:
         registry = _registry()
         if registry.alias("production") is None:
             raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
-    from workflows.shutdown import Shutdown
-
-    shutdown = Shutdown("serve").install()
     if workers > 1:
         from workflows.serve_workers import supervise, worker_argv
 
