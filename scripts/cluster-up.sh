@@ -8,6 +8,9 @@
 #
 # Usage: scripts/cluster-up.sh
 # Re-running it is safe: it updates everything and keeps the credentials already in the cluster.
+# Before installing anything it checks the cluster: Kubernetes >= 1.33 (Knative 1.21's minimum) and at
+# least MIN_CPUS CPUs and MIN_MEMORY_GIB GiB allocatable in total, e.g. `minikube start --cpus 6
+# --memory 12g`, or a kind cluster on a Docker/podman machine of that size.
 # Env: ALLOW_ANY_CONTEXT=1 to install into a context that is not kind-* or minikube;
 #      WAIT_TIMEOUT (default 600s) for each wait.
 set -euo pipefail
@@ -19,6 +22,13 @@ KNATIVE_KOURIER_VERSION=knative-v1.21.0
 KSERVE_VERSION=v0.20.0              # the InferenceService CRD that `fashion-pipeline lint` validates against
 ARGO_WORKFLOWS_VERSION=v4.1.2       # the schema `fashion-pipeline lint` validates against
 ARGO_EVENTS_VERSION=v1.9.11         # ditto
+KUBERNETES_MIN_MINOR=33             # Knative Serving 1.21 needs Kubernetes >= 1.33
+
+# The smallest cluster the pipeline schedules on: the upstream components' requests plus the pipeline's
+# peak (a rollout with three predictor revisions: production, canary, restored production) next to
+# MinIO. tests/test_cluster_sizing.py holds the workflow's and the predictor's requests against it.
+MIN_CPUS=6
+MIN_MEMORY_GIB=12
 
 CERT_MANAGER_URL="https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
 KNATIVE_CRDS_URL="https://github.com/knative/serving/releases/download/${KNATIVE_SERVING_VERSION}/serving-crds.yaml"
@@ -31,6 +41,7 @@ ARGO_EVENTS_URL="https://github.com/argoproj/argo-events/releases/download/${ARG
 NAMESPACE=fashion
 PLACEHOLDER=REPLACED-BY-cluster-up.sh
 WEBHOOK_SERVICE=fashion-retrain-eventsource-svc
+PREDICTOR_HOST="fashion-mnist-predictor.$NAMESPACE.svc.cluster.local"  # <isvc>-predictor.<ns>.<Knative domain>
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE_DIR="${FASHION_PIPELINE_STATE_DIR:-$REPO/.cluster}"
 PIDS_FILE="$STATE_DIR/port-forward.pids"
@@ -227,6 +238,28 @@ port_forward() {
   echo "$!" >>"$PIDS_FILE"
 }
 
+# Kubernetes version and allocatable CPU/memory, before anything is installed.
+check_cluster() {
+  local minor cpu_milli memory_mi
+  minor="$(kubectl version -o json | jq -r '.serverVersion.major + "." + .serverVersion.minor')" ||
+    die "cannot read the cluster's Kubernetes version"
+  minor="${minor%%+*}"
+  if [[ "${minor%%.*}" != 1 ]] || ((${minor#*.} < KUBERNETES_MIN_MINOR)); then
+    die "Kubernetes $minor is too old: Knative Serving 1.21 needs 1.$KUBERNETES_MIN_MINOR or newer (e.g. kind create cluster --image kindest/node:v1.33.1, or minikube start --kubernetes-version v1.33.1)"
+  fi
+  read -r cpu_milli memory_mi < <(kubectl get nodes -o json | jq -r '
+    def cpu: if endswith("m") then .[:-1] | tonumber else tonumber * 1000 end;
+    def mem: if endswith("Ki") then .[:-2] | tonumber / 1024
+      elif endswith("Mi") then .[:-2] | tonumber
+      elif endswith("Gi") then .[:-2] | tonumber * 1024
+      else tonumber / 1048576 end;
+    [.items[].status.allocatable] | "\(map(.cpu | cpu) | add | floor) \(map(.memory | mem) | add | floor)"')
+  if ((cpu_milli < MIN_CPUS * 1000 || memory_mi < MIN_MEMORY_GIB * 1024)); then
+    die "the cluster has $((cpu_milli / 1000)).$(((cpu_milli % 1000) / 100)) CPUs and $((memory_mi / 1024)) GiB allocatable; fashion-pipeline needs at least $MIN_CPUS CPUs and $MIN_MEMORY_GIB GiB (minikube start --cpus $MIN_CPUS --memory ${MIN_MEMORY_GIB}g; for kind, give Docker/podman that much)"
+  fi
+  log "cluster: Kubernetes $minor, $((cpu_milli / 1000)) CPUs, $((memory_mi / 1024)) GiB allocatable"
+}
+
 main() {
   require kubectl "https://kubernetes.io/docs/tasks/tools/"
   require jq "apt-get install jq"
@@ -234,16 +267,21 @@ main() {
   mkdir -p "$STATE_DIR"
   : >"$LOG"
   check_context
+  check_cluster
   install_upstream
   install_fashion_pipeline
   wait_for_webhook
   stop_port_forwards
   port_forward argo-ui argo svc/argo-server 2746:2746
   port_forward webhook "$NAMESPACE" "svc/$WEBHOOK_SERVICE" 12000:12000
+  # Knative >= 1.8 serves *.svc.cluster.local on Kourier's internal gateway only (port 80 -> 8081):
+  # `predict --url http://localhost:8081 --host-header fashion-mnist-predictor.fashion.svc.cluster.local`.
+  port_forward predictor kourier-system svc/kourier-internal 8081:80
   cat <<EOF
 fashion-pipeline is up (log: ${LOG#"$REPO"/}).
   Argo UI:   https://localhost:2746 (self-signed certificate)
   Webhook:   http://localhost:12000/retrain   -> scripts/trigger-retrain.sh epochs=2 train_limit=5000
+  Predict:   fashion-pipeline predict --url http://localhost:8081 --host-header $PREDICTOR_HOST shoe.png
   Build and load the step image first:         scripts/build-image.sh
   Run:       argo submit -n $NAMESPACE --from workflowtemplate/fashion-mnist-train-deploy -p epochs=10 --watch
   Stop the port-forwards: scripts/cluster-down.sh --keep

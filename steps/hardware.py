@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# A container's limits.cpu in whole CPUs (rounded up): the train template sets it through the downward
+# API (resourceFieldRef), `fashion-pipeline train --threads` reads it.
+CPU_LIMIT_ENV = "FASHION_PIPELINE_CPU_LIMIT"
+
 
 def cpu_has_bf16() -> bool:
     """AMX or AVX-512 BF16: oneDNN then runs bfloat16 convolutions natively (several times faster).

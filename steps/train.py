@@ -58,6 +58,25 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
+def configure_threads(threads: int) -> None:
+    """Size TensorFlow's pools to the CPUs the container may use, before any op runs.
+
+    TensorFlow counts the host's cores, not the pod's CPU limit: on a 16-core node a pod limited to 2
+    CPUs would run 16 intra-op threads on 2 CPUs' worth of quota and be throttled.
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:  # TensorFlow already ran in this process: its pools are fixed
+        log.warning("TensorFlow is already initialised: keeping its thread pools (asked for %d threads)", threads)
+        return
+    log.info("TensorFlow thread pools: %d intra-op, %d inter-op", threads, min(2, threads))
+
+
 @dataclass(frozen=True)
 class TrainResult:
     version: str
@@ -75,10 +94,12 @@ def train(
     code_version: str,
     workflow: str | None = None,
     on_epoch: EpochCallback | None = None,
+    threads: int = 0,
 ) -> TrainResult:
     """Train, export and publish; writes history.json and training-curve.png into `out_dir`.
 
     `on_epoch(done, epochs, metrics)` is told 0 when fitting starts, then each finished epoch.
+    `threads` sizes TensorFlow's thread pools (0: TensorFlow's default, one thread per host core).
     """
     params.check()
     dataset = load_dataset(dataset_uri)
@@ -97,7 +118,7 @@ def train(
     )
 
     started = time.perf_counter()
-    model, history = _fit(x_fit, y_fit, x_val, y_val, params, on_epoch)
+    model, history = _fit(x_fit, y_fit, x_val, y_val, params, on_epoch, threads)
     train_seconds = time.perf_counter() - started
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +131,7 @@ def train(
             "dataset": {"uri": dataset_uri, "digest": dataset.digest, "train_examples": len(x_fit)},
             "training": {
                 "precision": resolve_precision(params.precision),
+                "threads": threads or None,
                 "seconds": round(train_seconds, 2),
                 "final": {k: v[-1] for k, v in history.items() if v},
             },
@@ -146,10 +168,12 @@ def _fit(
     y_val: np.ndarray,
     params: TrainParams,
     on_epoch: EpochCallback | None = None,
+    threads: int = 0,
 ) -> tuple[Any, dict[str, list[float]]]:
     import keras
     import tensorflow as tf
 
+    configure_threads(threads)
     keras.utils.set_random_seed(params.seed)
     model = build_model(params.architecture, resolve_precision(params.precision))
     steps_per_epoch = max(1, len(x) // params.batch_size)
@@ -180,6 +204,10 @@ def _fit(
         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+    if threads > 0:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        train_ds = train_ds.with_options(options)
     clock = _EpochClock(params.epochs, on_epoch)
     validation = (x_val.astype("float32"), y_val) if len(x_val) else None
     fitted = model.fit(

@@ -1,31 +1,37 @@
-"""A simulated KServe control plane for tests, spoken to by the real `kubernetes` client.
+"""A simulated KServe v0.20 control plane on Knative, for tests, spoken to by the real `kubernetes` client.
+
+The controller follows KServe v0.20.0's code (kserve/kserve, tag v0.20.0, commit 1fb78105) rule by rule;
+each rule names the upstream file and function it follows (paths under pkg/ unless said otherwise):
+- `controller/v1beta1/inferenceservice/controller.go` Reconcile: deployment mode, the predictor, the
+  cross-component conditions, the ingress, `updateStatus`;
+- `controller/v1beta1/inferenceservice/components/predictor.go` Reconcile / buildPredictorResources /
+  reconcileKnativeDeployment: what goes into the Knative Service's revision template;
+- `controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go` createKnativeService
+  (the traffic targets), Reconcile / semanticEquals (when the Knative Service is written, and which of
+  its statuses KServe reads back);
+- `apis/serving/v1beta1/inference_service_status.go` PropagateStatus (rolled-out revisions, conditions,
+  traffic, observedGeneration) and the condition set;
+- `controller/v1beta1/inferenceservice/reconcilers/ingress/ingress_reconciler.go` Reconcile (URL);
+- `apis/serving/v1beta1/inference_service_validation.go` (the validating webhook).
+Knative Serving (1.21) is reduced to what KServe reads: a Configuration creates a revision when the
+template changes, the Route resolves `latestRevision: true` to the latest *ready* revision, and the
+Service status carries both, with its own generation.
 
 - **API server** (127.0.0.1): the Kubernetes REST paths of `serving.kserve.io/v1beta1`
   InferenceServices (GET/POST/PATCH/DELETE, list), `/version` and discovery. Every InferenceService
   written is validated strictly against the KServe CRD in ../shared/schemas (`workflows.validate`),
-  plus what KServe's admission webhook checks (`canaryTrafficPercent` in 0..100, one predictor
-  implementation) and Kubernetes' metadata rules: a violation is a 422 with a `Status` body. PATCH
-  takes JSON merge patches only (RFC 7386); `status` is a subresource, so writes never set it.
-- **Controller**: `metadata.generation` bumps on spec changes; KServe copies the InferenceService's
-  annotations and labels into the Knative revision template, so a change there or in the predictor
-  creates a revision `<name>-predictor-0000N`. Traffic follows KServe's Knative reconciler
-  (`createKnativeService` + `PropagateStatus`): `canaryTrafficPercent` N splits between the latest
-  ready revision and the last rolled-out one, unset gives the latest 100%, and its rollback rule
-  (0% while the latest ready revision is the rolled-out one means "back to the one before") is kept.
-  `latestRevision: true` resolves to the latest *ready* revision, as in Knative. Status: conditions
-  (Ready, PredictorReady, IngressReady), `observedGeneration` (as soon as the controller has seen a
-  generation, like Knative's, not when it is ready), URLs, per-revision `traffic` with `tag: latest`
-  / `prev` under `serving.kserve.io/enable-tag-routing`. The controller lags writes by
-  `reconcile_delay_s`, so a read right after a write shows the old status, as on a cluster.
-  Deployment mode: the annotation (Serverless/Knative, RawDeployment/Standard), else `default_mode`
-  (Standard, KServe's default since 0.16); fixed at creation. Standard mode ignores the canary.
-- **Data plane**: each revision gets a queue-proxy (a tiny HTTP proxy where faults are injected)
-  in front of a REAL `fashion-pipeline serve --storage-uri` process. Model servers are shared
-  between revisions with the same storageUri (one process per model, to keep tests fast). An
-  ingress on 127.0.0.1 routes by Host header like Istio: `<name>.<ns>.<domain>` and
-  `<name>-predictor...` split by the traffic status, `latest-<name>-predictor...` and `prev-...` go
-  to the tagged revision. With `direct_urls(namespace)`, tag URLs are the queue-proxies' own
-  addresses (reachable without a Host header).
+  plus KServe's validating webhook and Kubernetes' metadata rules. PATCH takes JSON merge patches only
+  (RFC 7386); `status` is a subresource, so writes never set it. The controller lags writes by
+  `reconcile_delay_s` (a read right after a write shows the old status, and quick successive writes
+  are reconciled together, as on a cluster).
+- **Data plane**: each revision gets a queue-proxy (a tiny HTTP proxy where faults are injected and
+  requests are counted) in front of a REAL model server: for `predictor.model` (TF Serving's stand-in)
+  `fashion-pipeline serve --storage-uri` without its version header, as TF Serving answers; for a custom
+  predictor, the container's own command, run after a storage initializer copied the storageUri to a
+  local /mnt/models. Model servers are shared between revisions with the same spec (one process per
+  model, to keep tests fast). An ingress on 127.0.0.1 routes by Host header like Kourier:
+  `<name>-predictor.<ns>.<domain>` splits by the traffic status, `<tag>-<name>-predictor...` goes to the
+  tagged revision. With `direct_urls(namespace)`, tag URLs are the queue-proxies' own addresses.
 
 Faults (`inject_fault`), per namespace and storageUri or revision number: `never_ready` (no model
 server is started), `errors` (the queue-proxy answers 500), `wrong_classes` (the queue-proxy shifts
@@ -40,6 +46,7 @@ import http.server
 import itertools
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,6 +59,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from steps.storage import open_store
 from workflows.validate import Validator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,18 +68,23 @@ GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservice
 API_VERSION = f"{GROUP}/{VERSION}"
 MODEL_SERVER_MODEL = "fashion-mnist"  # the name `fashion-pipeline serve` serves
 FAULTS = ("never_ready", "errors", "wrong_classes")
-TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"  # constants.EnableRoutingTagAnnotationKey
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
-MODES = {"Knative": "Knative", "Serverless": "Knative", "Standard": "Standard", "RawDeployment": "Standard"}
-# KServe keeps these out of the revision template (constants.ServiceAnnotationDisallowedList).
-TEMPLATE_ANNOTATION_DENYLIST = frozenset(
+STORAGE_INITIALIZER_SOURCE_URI = "internal.serving.kserve.io/storage-initializer-sourceuri"
+CUSTOM_CONTAINER = "kserve-container"  # constants.InferenceServiceContainerName
+STORAGE_URI_ENV = "STORAGE_URI"  # constants.CustomSpecStorageUriEnvVarKey
+MODEL_MOUNT = "/mnt/models"  # constants.DefaultModelLocalMountPath
+# constants.ServiceAnnotationDisallowedList: kept out of the revision template.
+ANNOTATION_DISALLOWED = frozenset(
     {
         "autoscaling.knative.dev/min-scale",
         "autoscaling.knative.dev/max-scale",
-        "internal.serving.kserve.io/storage-initializer-sourceuri",
+        STORAGE_INITIALIZER_SOURCE_URI,
         "kubectl.kubernetes.io/last-applied-configuration",
+        "modelFormat",
     }
 )
+MANAGED_KSVC_ANNOTATIONS = frozenset({"serving.knative.dev/rollout-duration"})  # ksvc_reconciler.go
 PREDICTOR_IMPLEMENTATIONS = (
     "model",
     "tensorflow",
@@ -87,6 +100,7 @@ PREDICTOR_IMPLEMENTATIONS = (
 )
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 PATH = re.compile(rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/{PLURAL}(?:/([^/]+))?$")
+ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def free_port() -> int:
@@ -116,28 +130,23 @@ def _now() -> str:
 
 
 class Backend:
-    """A real model server process serving one storageUri."""
+    """A real model server process: the runtime a revision's pod would run."""
 
-    def __init__(self, storage_uri: str, log_path: Path) -> None:
-        self.storage_uri = storage_uri
-        self.port = free_port()
+    def __init__(self, argv: list[str], port: int, ready_path: str, log_path: Path) -> None:
+        self.port = port
+        self.ready_path = ready_path
         self.log_path = log_path
         self.ready = False
         self.failed: str | None = None
-        cli = Path(sys.executable).parent / "fashion-pipeline"
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(cli), "serve", "--storage-uri", storage_uri, "--port", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         while self.proc.poll() is None:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                conn.request("GET", f"/v2/models/{MODEL_SERVER_MODEL}/ready")
+                conn.request("GET", self.ready_path)
                 if conn.getresponse().status == 200:
                     self.ready = True
                     return
@@ -158,7 +167,9 @@ class Backend:
         self._log.close()
 
 
-def _forward(handler: http.server.BaseHTTPRequestHandler, port: int, rewrite: Any = None) -> None:
+def _forward(
+    handler: http.server.BaseHTTPRequestHandler, port: int, rewrite: Any = None, drop: frozenset[str] = frozenset()
+) -> None:
     """Pass the request on to 127.0.0.1:port and its answer back (optionally rewriting a JSON body)."""
     length = int(handler.headers.get("Content-Length") or 0)
     body = handler.rfile.read(length) if length else None
@@ -174,8 +185,9 @@ def _forward(handler: http.server.BaseHTTPRequestHandler, port: int, rewrite: An
     if rewrite is not None and response.status == 200:
         data = rewrite(data)
     handler.send_response(response.status)
+    skipped = {"content-length", "connection", "transfer-encoding", "date", "server"} | drop
     for key, value in response.getheaders():
-        if key.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+        if key.lower() not in skipped:
             handler.send_header(key, value)
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
@@ -207,15 +219,23 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# TF Serving's answers name no model version: its stand-in's headers are dropped.
+_TF_SERVING_DROPS = frozenset({"x-model-version", "x-model-role"})
+
+
 @dataclass
 class Revision:
+    """A Knative revision: its template, its model server and its queue-proxy."""
+
     name: str
     number: int
-    storage_uri: str
     template: dict[str, Any]
+    storage_uri: str
+    runtime: str  # "tensorflow" (TF Serving's stand-in) or "custom"
     fault: str | None
     backend: Backend | None
     proxy: http.server.ThreadingHTTPServer | None = None
+    served: int = 0  # requests the queue-proxy passed to the model server
 
     @property
     def ready(self) -> bool:
@@ -240,8 +260,10 @@ class Revision:
                 elif not revision.ready or revision.backend is None:
                     _send(self, 503, {"error": f"revision {revision.name} is not ready"})
                 else:
+                    revision.served += 1
                     rewrite = _shift_classes if revision.fault == "wrong_classes" else None
-                    _forward(self, revision.backend.port, rewrite)
+                    drop = _TF_SERVING_DROPS if revision.runtime == "tensorflow" else frozenset()
+                    _forward(self, revision.backend.port, rewrite, drop)
 
             do_GET = do_POST = _handle
 
@@ -258,22 +280,26 @@ class Revision:
 
 
 @dataclass
-class _Component:
-    """KServe's status.components.predictor bookkeeping."""
+class _KnativeService:
+    """The Knative Service KServe owns: spec (revision template, traffic), generation, and Knative's status."""
 
-    latest_created: str = ""
-    latest_ready: str = ""
-    latest_rolled_out: str = ""
-    previous_rolled_out: str = ""
+    name: str
+    generation: int
+    annotations: dict[str, str]
+    template: dict[str, Any]
+    traffic: list[dict[str, Any]]
+    revisions: list[Revision] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def revision(self, name: str) -> Revision | None:
+        return next((r for r in self.revisions if r.name == name), None)
 
 
 @dataclass
 class _Service:
     obj: dict[str, Any]  # as stored: no status
-    mode: str
-    revisions: list[Revision] = field(default_factory=list)
-    component: _Component = field(default_factory=_Component)
     status: dict[str, Any] = field(default_factory=dict)
+    ksvc: _KnativeService | None = None
     changed_at: float = 0.0
     credit: dict[str, int] = field(default_factory=dict)  # smooth weighted round-robin at the ingress
 
@@ -285,8 +311,12 @@ class _Service:
     def namespace(self) -> str:
         return str(self.obj["metadata"]["namespace"])
 
+    @property
+    def revisions(self) -> list[Revision]:
+        return self.ksvc.revisions if self.ksvc else []
+
     def revision(self, name: str) -> Revision | None:
-        return next((r for r in self.revisions if r.name == name), None)
+        return self.ksvc.revision(name) if self.ksvc else None
 
 
 class Rejected(Exception):
@@ -296,21 +326,26 @@ class Rejected(Exception):
 
 
 class KServeSim:
-    """The API server, controller and data plane; `with KServeSim(workdir) as sim:` stops everything after."""
+    """The API server, controller and data plane; `with KServeSim(workdir) as sim:` stops everything after.
+
+    `default_mode` is the inferenceservice-config ConfigMap's `defaultDeploymentMode`: KServe v0.20 ships
+    "Serverless" (config/configmap/inferenceservice.yaml), which NewDeployConfig reads as Knative; the code
+    default without a ConfigMap entry is Standard. `domain` is Knative's: svc.cluster.local since 1.8.
+    """
 
     def __init__(
         self,
         workdir: Path,
         schemas_dir: Path = SCHEMAS,
         reconcile_delay_s: float = 0.2,
-        default_mode: str = "Standard",
-        domain: str = "example.com",
+        default_mode: str = "Serverless",
+        domain: str = "svc.cluster.local",
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.validator = Validator(schemas_dir)
         self.reconcile_delay_s = reconcile_delay_s
-        self.default_mode = default_mode
+        self.default_mode = _parse_mode(default_mode)
         self.domain = domain
         self.requests: list[dict[str, Any]] = []
         self._services: dict[tuple[str, str], _Service] = {}
@@ -385,12 +420,10 @@ class KServeSim:
                             rev.fault = fault
 
     def start_model_server(self, storage_uri: str) -> None:
-        """Start the model server of a storageUri ahead of its first revision (like a pre-pulled image)."""
+        """Start TF Serving's stand-in for a storageUri ahead of its first revision (like a pre-pulled image)."""
         with self._lock:
-            if storage_uri not in self._backends:
-                self._backends[storage_uri] = Backend(
-                    storage_uri, self.workdir / f"model-server-{len(self._backends) + 1}.log"
-                )
+            if not self._live(self._tf_serving_key(storage_uri)):
+                self._start(self._tf_serving_key(storage_uri), *self._tf_serving(storage_uri))
 
     def wait_model_servers(self, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
@@ -417,6 +450,11 @@ class KServeSim:
             service = self._services.get((namespace, name))
             return service.revision(revision) if service else None
 
+    def revisions(self, namespace: str, name: str) -> list[Revision]:
+        with self._lock:
+            service = self._services.get((namespace, name))
+            return list(service.revisions) if service else []
+
     def traffic_by_storage_uri(self, namespace: str, name: str) -> dict[str, int]:
         """Where the traffic goes, by model: storageUri -> percent (revisions with a share only)."""
         isvc = self.get(namespace, name)
@@ -427,9 +465,18 @@ class KServeSim:
                 shares[rev.storage_uri] = shares.get(rev.storage_uri, 0) + int(entry["percent"])
         return shares
 
+    def served_by_storage_uri(self, namespace: str, name: str) -> dict[str, int]:
+        """Requests each model has answered so far, through any URL (summed over its revisions)."""
+        served: dict[str, int] = {}
+        for revision in self.revisions(namespace, name):
+            if revision.served:
+                served[revision.storage_uri] = served.get(revision.storage_uri, 0) + revision.served
+        return served
+
     def host(self, namespace: str, name: str, tag: str | None = None) -> str:
-        """The Host header the ingress routes: the InferenceService, or one tagged revision."""
-        return f"{tag}-{name}-predictor.{namespace}.{self.domain}" if tag else f"{name}.{namespace}.{self.domain}"
+        """The Host header the ingress routes: the predictor's URL host, or one tagged revision's."""
+        base = f"{name}-predictor.{namespace}.{self.domain}"
+        return f"{tag}-{base}" if tag else base
 
     # -- the API server -------------------------------------------------------------------------
 
@@ -547,12 +594,9 @@ class KServeSim:
             generation=1,
             creationTimestamp=_now(),
         )
-        self._admit(obj)
-        annotations = metadata.get("annotations") or {}
-        mode = MODES.get(annotations.get(DEPLOYMENT_MODE, ""), self.default_mode)
-        service = _Service(obj=obj, mode=mode, changed_at=time.monotonic())
+        self._admit(obj, old_status=None)
+        service = _Service(obj=obj, changed_at=time.monotonic())
         self._services[(namespace, obj["metadata"]["name"])] = service
-        self._new_revision(service)
         return self._view(service, lag=True)
 
     def _patch(self, namespace: str, name: str, content_type: str, body: Any) -> dict[str, Any]:
@@ -570,7 +614,7 @@ class KServeSim:
         merged = merge_patch(current, {k: v for k, v in body.items() if k != "status"})
         for key in ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"):
             merged.setdefault("metadata", {})[key] = current["metadata"][key]
-        self._admit(merged)
+        self._admit(merged, old_status=service.status)
         if merged == current:
             return self._view(service, lag=True)
         if merged.get("spec") != current.get("spec"):
@@ -578,8 +622,6 @@ class KServeSim:
         merged["metadata"]["resourceVersion"] = str(next(self._resource_versions))
         service.obj = merged
         service.changed_at = time.monotonic()
-        if _template(merged) != service.revisions[-1].template:
-            self._new_revision(service)
         return self._view(service, lag=True)
 
     def _delete(self, namespace: str, name: str) -> dict[str, Any]:
@@ -606,7 +648,7 @@ class KServeSim:
             )
         return {k: copy.deepcopy(v) for k, v in body.items() if k != "status"}
 
-    def _admit(self, obj: dict[str, Any]) -> None:
+    def _admit(self, obj: dict[str, Any], old_status: dict[str, Any] | None) -> None:
         """Kubernetes' metadata rules, the CRD schema (strict) and KServe's validating webhook."""
         name = obj.get("metadata", {}).get("name")
         causes: list[tuple[str, str]] = []
@@ -638,11 +680,20 @@ class KServeSim:
         predictor = obj.get("spec", {}).get("predictor", {})
         webhook: list[str] = []
         percent = predictor.get("canaryTrafficPercent")
+        # inference_service_validation.go: validateInferenceServiceComponent / validateCanaryTrafficPercent.
         if percent is not None and not 0 <= percent <= 100:
             webhook.append(f"the InferenceService canaryTrafficPercent {percent} is not between 0 and 100")
+        # validateExactlyOneImplementation: a model or framework spec, or containers (a custom predictor).
         implementations = [key for key in PREDICTOR_IMPLEMENTATIONS if key in predictor]
         if len(implementations) + bool(predictor.get("containers")) != 1:
             webhook.append("exactly one predictor implementation is required (model, a framework, or containers)")
+        # validateDeploymentMode: the annotation cannot change the mode recorded in the status.
+        recorded = (old_status or {}).get("deploymentMode")
+        annotation = (obj.get("metadata", {}).get("annotations") or {}).get(DEPLOYMENT_MODE)
+        if recorded and annotation is not None and annotation != _parse_mode(recorded):
+            webhook.append(
+                f"update rejected: deploymentMode cannot be changed from '{_parse_mode(recorded)}' to '{annotation}'"
+            )
         if webhook:
             raise Rejected(
                 400,
@@ -651,30 +702,7 @@ class KServeSim:
                 + "; ".join(webhook),
             )
 
-    # -- the controller -------------------------------------------------------------------------
-
-    def _new_revision(self, service: _Service) -> None:
-        number = len(service.revisions) + 1
-        model = service.obj["spec"]["predictor"].get("model") or {}
-        storage_uri = str(model.get("storageUri", ""))
-        fault = self._faults.get((service.namespace, number)) or self._faults.get((service.namespace, storage_uri))
-        backend = None
-        if fault != "never_ready" and storage_uri:
-            backend = self._backends.get(storage_uri)
-            if backend is None or backend.failed:
-                self._backends.pop(storage_uri, None)
-                self.start_model_server(storage_uri)
-                backend = self._backends[storage_uri]
-        revision = Revision(
-            name=f"{service.name}-predictor-{number:05d}",
-            number=number,
-            storage_uri=storage_uri,
-            template=_template(service.obj),
-            fault=fault,
-            backend=backend,
-        )
-        revision.start_proxy()
-        service.revisions.append(revision)
+    # -- the controller: KServe -----------------------------------------------------------------
 
     def _view(self, service: _Service, lag: bool = False) -> dict[str, Any]:
         """The object with its status; with `lag`, the status the controller had before the last write."""
@@ -683,145 +711,332 @@ class KServeSim:
         return {**copy.deepcopy(service.obj), "status": copy.deepcopy(service.status)}
 
     def _reconcile(self, service: _Service) -> None:
-        if service.mode == "Standard":
-            self._reconcile_standard(service)
-            return
-        for _ in range(5):  # KServe and Knative reconcile each other's updates until nothing changes
-            before = copy.deepcopy(service.component)
-            traffic = self._knative_traffic(service)
-            self._propagate(service, traffic)
-            if service.component == before:
-                break
-        self._write_status(service, traffic)
+        """KServe and Knative reconcile each other's writes (watches on owned objects) until nothing changes."""
+        for _ in range(10):
+            before = copy.deepcopy((service.status, service.ksvc.status if service.ksvc else None))
+            self._kserve_reconcile(service)
+            if service.ksvc is not None:
+                self._knative_reconcile(service, service.ksvc)
+            if copy.deepcopy((service.status, service.ksvc.status if service.ksvc else None)) == before:
+                return
 
-    def _knative_traffic(self, service: _Service) -> list[dict[str, Any]]:
-        """KServe's createKnativeService traffic targets, resolved by Knative into the route's status."""
-        predictor = service.obj["spec"]["predictor"]
+    def _kserve_reconcile(self, service: _Service) -> None:
+        """controller.go Reconcile for one InferenceService with a predictor only."""
+        obj, status = service.obj, service.status
+        annotations = obj["metadata"].get("annotations") or {}
+        # utils.go GetDeploymentMode: the status's mode first, then the annotation, then the ConfigMap's.
+        mode = _parse_mode(status.get("deploymentMode") or annotations.get(DEPLOYMENT_MODE) or self.default_mode)
+        if mode == "Standard":
+            self._reconcile_standard(service)
+        else:
+            self._reconcile_knative_predictor(service)
+            # controller.go: RoutesReady and LatestDeploymentReady across components (PropagateCrossComponentStatus).
+            for aggregate, per_component in (
+                ("RoutesReady", "PredictorRouteReady"),
+                ("LatestDeploymentReady", "PredictorConfigurationReady"),
+            ):
+                state = _condition(status, per_component)
+                value = (state or {}).get("status", "Unknown")
+                reason = "" if value == "True" else f"{per_component} not ready"
+                _set_condition(status, aggregate, value, reason, "")
+            self._reconcile_ingress(service)
+        _set_condition(status, "Ready", *_living_ready(status))  # the condition set: PredictorReady, IngressReady
+        status["deploymentMode"] = mode  # controller.go updateStatus
+
+    def _reconcile_knative_predictor(self, service: _Service) -> None:
+        """predictor.go reconcileKnativeDeployment: build, create or update the Knative Service, propagate."""
+        component = service.status.setdefault("components", {}).setdefault("predictor", {})
+        desired = self._create_knative_service(service, component)
+        ksvc = service.ksvc
+        if ksvc is None:
+            # ksvc_reconciler.go Reconcile: NotFound -> Create, returning the desired object's (empty) status.
+            service.ksvc = _KnativeService(
+                name=desired["name"],
+                generation=1,
+                annotations=desired["annotations"],
+                template=desired["template"],
+                traffic=desired["traffic"],
+            )
+            kstatus: dict[str, Any] = {}
+        else:
+            # semanticEquals / reconcileKsvc: update the configuration, traffic and managed annotations on a
+            # difference; the status returned is the existing object's, as Knative last wrote it.
+            if (desired["template"], desired["traffic"], desired["annotations"]) != (
+                ksvc.template,
+                ksvc.traffic,
+                ksvc.annotations,
+            ):
+                ksvc.template, ksvc.traffic, ksvc.annotations = (
+                    desired["template"],
+                    desired["traffic"],
+                    desired["annotations"],
+                )
+                ksvc.generation += 1
+            kstatus = copy.deepcopy(ksvc.status)
+        self._propagate_status(service.status, component, kstatus)
+
+    def _create_knative_service(self, service: _Service, component: dict[str, Any]) -> dict[str, Any]:
+        """ksvc_reconciler.go createKnativeService (with predictor.go buildPredictorResources' metadata)."""
+        obj = service.obj
+        predictor = obj["spec"]["predictor"]
+        isvc_annotations = obj["metadata"].get("annotations") or {}
+        # buildPredictorResources: the InferenceService's annotations minus ServiceAnnotationDisallowedList,
+        # plus the storage initializer's source URI when the implementation has a storage URI.
+        annotations = {k: v for k, v in isvc_annotations.items() if k not in ANNOTATION_DISALLOWED}
+        storage_uri = _storage_uri(predictor)
+        if storage_uri:
+            annotations[STORAGE_INITIALIZER_SOURCE_URI] = storage_uri
+        # createKnativeService: managed annotations go on the Knative Service, the rest on the revision template.
+        ksvc_annotations = {k: annotations.pop(k) for k in list(annotations) if k in MANAGED_KSVC_ANNOTATIONS}
         percent = predictor.get("canaryTrafficPercent")
-        tagged = (service.obj["metadata"].get("annotations") or {}).get(TAG_ROUTING) == "true"
-        component = service.component
-        last_rolled_out = component.latest_rolled_out
-        if component.latest_rolled_out == component.latest_ready and percent is not None and percent < 100:
-            last_rolled_out = component.previous_rolled_out
-        targets: list[dict[str, Any]]
+        last_rolled_out = component.get("latestRolledoutRevision", "")
+        tagged = annotations.get(TAG_ROUTING) == "true"
+        traffic: list[dict[str, Any]]
         if percent is not None and last_rolled_out:
-            targets = [{"latestRevision": True, "percent": percent, **({"tag": "latest"} if tagged else {})}]
+            # "Split traffic when canary traffic percent is specified"
+            traffic = [{"latestRevision": True, "percent": percent, **({"tag": "latest"} if tagged else {})}]
             if percent < 100:
-                targets.append(
-                    {"latestRevision": False, "percent": 100 - percent, "revisionName": last_rolled_out, "tag": "prev"}
+                traffic.append(
+                    {"revisionName": last_rolled_out, "latestRevision": False, "percent": 100 - percent, "tag": "prev"}
                 )
         else:
-            targets = [{"latestRevision": True, "percent": 100, **({"tag": "latest"} if tagged else {})}]
-        latest_ready = next((r.name for r in reversed(service.revisions) if r.ready), "")
-        if not latest_ready:
-            return []  # the route has nothing to send traffic to yet
-        for target in targets:
-            if target["latestRevision"]:
-                target["revisionName"] = latest_ready
-            if "tag" in target:
-                target["url"] = self._tag_url(service, target["tag"], target["revisionName"])
-        return targets
-
-    def _propagate(self, service: _Service, traffic: list[dict[str, Any]]) -> None:
-        """KServe's PropagateStatus: which revision counts as rolled out."""
-        component = service.component
-        latest_created = service.revisions[-1].name
-        latest_ready = next((r.name for r in reversed(service.revisions) if r.ready), "")
-        component.latest_created = latest_created
-        by_revision: dict[str, int] = {}
-        for target in traffic:
-            by_revision[target["revisionName"]] = by_revision.get(target["revisionName"], 0) + target["percent"]
-        for target in traffic:
-            if target["revisionName"] != latest_ready or not target["latestRevision"]:
-                continue
-            if component.latest_rolled_out != latest_ready:
-                if target["percent"] == 100:
-                    component.previous_rolled_out = component.latest_rolled_out
-                    component.latest_rolled_out = latest_ready
-            elif latest_ready == latest_created and target["percent"] < 100:
-                if by_revision.get(target["revisionName"]) == 100 and component.previous_rolled_out:
-                    component.latest_rolled_out = component.previous_rolled_out
-        component.latest_ready = latest_ready
-
-    def _write_status(self, service: _Service, traffic: list[dict[str, Any]]) -> None:
-        latest = service.revisions[-1]
-        if latest.ready:
-            predictor = ("True", "", "")
-        elif latest.failure:
-            predictor = ("False", "RevisionFailed", f'Revision "{latest.name}" failed with message: {latest.failure}.')
-        else:
-            predictor = (
-                "Unknown",
-                "RevisionMissing",
-                f'Configuration "{service.name}-predictor" is waiting for a Revision to become ready.',
-            )
-        ingress = ("True", "", "") if traffic else ("Unknown", "RouteNotReady", "no revision is ready to route to")
-        ready = predictor if predictor[0] != "True" else ingress
-        component = service.component
-        host = f"{service.name}-predictor.{service.namespace}.{self.domain}"
-        service.status = {
-            "observedGeneration": service.obj["metadata"]["generation"],
-            "deploymentMode": "Knative",
-            "url": f"http://{service.name}.{service.namespace}.{self.domain}",
-            "address": {"url": f"http://{service.name}.{service.namespace}.svc.cluster.local"},
-            "conditions": self._conditions(
-                service, {"IngressReady": ingress, "PredictorReady": predictor, "Ready": ready}
-            ),
-            "components": {
-                "predictor": {
-                    k: v
-                    for k, v in {
-                        "latestCreatedRevision": component.latest_created,
-                        "latestReadyRevision": component.latest_ready,
-                        "latestRolledoutRevision": component.latest_rolled_out,
-                        "previousRolledoutRevision": component.previous_rolled_out,
-                        "traffic": traffic,
-                        "url": f"http://{host}",
-                        "address": {"url": f"http://{service.name}-predictor.{service.namespace}.svc.cluster.local"},
-                    }.items()
-                    if v
-                }
-            },
+            # "blue-green rollout"
+            traffic = [{"latestRevision": True, "percent": 100, **({"tag": "latest"} if tagged else {})}]
+        labels = {
+            **(obj["metadata"].get("labels") or {}),
+            "serving.kserve.io/inferenceservice": service.name,
+            "component": "predictor",
         }
+        template = {"labels": labels, "annotations": annotations, "podSpec": _pod_spec(service.name, predictor)}
+        return {
+            "name": f"{service.name}-predictor",
+            "annotations": ksvc_annotations,
+            "template": copy.deepcopy(template),
+            "traffic": traffic,
+        }
+
+    def _propagate_status(self, status: dict[str, Any], component: dict[str, Any], kstatus: dict[str, Any]) -> None:
+        """inference_service_status.go PropagateStatus, for the predictor component."""
+        component["latestCreatedRevision"] = kstatus.get("latestCreatedRevisionName", "")
+        latest_ready = kstatus.get("latestReadyRevisionName", "")
+        traffic = kstatus.get("traffic") or []
+        revision_traffic: dict[str, int] = {}
+        for target in traffic:
+            if target.get("percent") is not None:
+                revision_traffic[target["revisionName"]] = (
+                    revision_traffic.get(target["revisionName"], 0) + target["percent"]
+                )
+        for target in traffic:
+            if target["revisionName"] == latest_ready and target.get("latestRevision"):
+                if component.get("latestRolledoutRevision", "") != latest_ready:
+                    if target.get("percent") == 100:
+                        # "track the last revision that's fully rolled out"
+                        component["previousRolledoutRevision"] = component.get("latestRolledoutRevision", "")
+                        component["latestRolledoutRevision"] = latest_ready
+                elif latest_ready == kstatus.get("latestCreatedRevisionName"):
+                    # "the latest ready revision is rolled out with 100% and then rolled back"
+                    if target.get("percent") is not None and target["percent"] < 100:
+                        # "check the possibility that the traffic is split over the same revision"
+                        if revision_traffic.get(target["revisionName"]) == 100 and component.get(
+                            "previousRolledoutRevision"
+                        ):
+                            component["latestRolledoutRevision"] = component["previousRolledoutRevision"]
+        component["latestReadyRevision"] = latest_ready
+        ready = _condition(kstatus, "Ready")
+        if ready is not None and ready.get("status") == "True":
+            for key in ("url", "address"):
+                if kstatus.get(key):
+                    component[key] = copy.deepcopy(kstatus[key])
+        for kind, own in (("Ready", "PredictorReady"), ("RoutesReady", "PredictorRouteReady")):
+            condition = _condition(kstatus, kind)
+            if condition is not None:  # SetCondition(nil) does nothing
+                _set_condition(
+                    status, own, condition["status"], condition.get("reason", ""), condition.get("message", "")
+                )
+        component["traffic"] = copy.deepcopy(traffic)
+        configuration = _condition(kstatus, "ConfigurationsReady")
+        if configuration is not None:
+            _set_condition(
+                status,
+                "PredictorConfigurationReady",
+                configuration["status"],
+                configuration.get("reason", ""),
+                configuration.get("message", ""),
+            )
+        for key in [k for k, v in component.items() if v in ("", None, [])]:
+            del component[key]  # omitempty
+        if kstatus.get("observedGeneration"):
+            status["observedGeneration"] = kstatus["observedGeneration"]  # the Knative Service's generation
+        else:
+            status.pop("observedGeneration", None)
+
+    def _reconcile_ingress(self, service: _Service) -> None:
+        """ingress_reconciler.go Reconcile with disableIstioVirtualHost (Kourier): the predictor's URL as is."""
+        component = service.status.get("components", {}).get("predictor", {})
+        url = component.get("url")
+        if not url:
+            return  # "service host and serviceurl are empty, skipping updating the inference service"
+        service.status["url"] = url
+        service.status["address"] = {"url": f"http://{service.name}-predictor.{service.namespace}.svc.cluster.local"}
+        _set_condition(service.status, "IngressReady", "True", "", "")
 
     def _reconcile_standard(self, service: _Service) -> None:
-        """Raw deployment: the newest spec rolls out as a Deployment; canaryTrafficPercent does nothing."""
-        latest = service.revisions[-1]
-        predictor = (
-            ("True", "", "")
-            if latest.ready
-            else ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
-        )
-        service.status = {
-            "observedGeneration": service.obj["metadata"]["generation"],
-            "deploymentMode": "Standard",
-            "url": f"http://{service.name}-{service.namespace}.{self.domain}",
-            "conditions": self._conditions(
-                service, {"IngressReady": ("True", "", ""), "PredictorReady": predictor, "Ready": predictor}
+        """Standard (raw) mode, reduced: the newest spec runs as a Deployment; canaryTrafficPercent does nothing."""
+        ksvc_less = service.status.setdefault("components", {}).setdefault("predictor", {})
+        backend = self._backend_for(service.namespace, 1, service.obj["spec"]["predictor"])
+        ready = backend is not None and backend.ready
+        _set_condition(
+            service.status,
+            "PredictorReady",
+            *(
+                ("True", "", "")
+                if ready
+                else ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
             ),
-            "components": {"predictor": {"url": f"http://{service.name}-predictor-{service.namespace}.{self.domain}"}},
+        )
+        _set_condition(service.status, "IngressReady", "True", "", "")
+        ksvc_less["url"] = f"http://{service.name}-predictor-{service.namespace}.{self.domain}"
+        service.status["url"] = f"http://{service.name}-{service.namespace}.{self.domain}"
+
+    # -- the controller: Knative ----------------------------------------------------------------
+
+    def _knative_reconcile(self, service: _Service, ksvc: _KnativeService) -> None:
+        """Knative's Service -> Configuration (a revision per template) and Route (traffic) -> Service status."""
+        latest = ksvc.revisions[-1] if ksvc.revisions else None
+        if latest is None or latest.template != ksvc.template:
+            latest = self._new_revision(service, ksvc)
+        # The configuration's latest ready revision only moves forward to a newer ready revision.
+        latest_ready = next((r for r in reversed(ksvc.revisions) if r.ready), None)
+        previous = ksvc.status
+        resolved: list[dict[str, Any]] | None = []
+        for target in ksvc.traffic:
+            name = latest_ready.name if target["latestRevision"] and latest_ready else target.get("revisionName")
+            revision = ksvc.revision(name) if name else None
+            if revision is None or not revision.ready:
+                resolved = None  # the route cannot be programmed: it keeps its previous traffic
+                break
+            entry = {
+                "revisionName": revision.name,
+                "latestRevision": target["latestRevision"],
+                "percent": target["percent"],
+            }
+            if target.get("tag"):
+                entry["tag"] = target["tag"]
+                entry["url"] = self._tag_url(service, ksvc, target["tag"], revision)
+            resolved.append(entry)
+        traffic = resolved if resolved is not None else previous.get("traffic", [])
+        routes = (
+            ("True", "", "")
+            if resolved is not None
+            else ("Unknown", "RevisionMissing", "a revision the route targets is not ready")
+        )
+        if latest.ready:
+            configuration = ("True", "", "")
+        elif latest.failure:
+            configuration = (
+                "False",
+                "RevisionFailed",
+                f'Revision "{latest.name}" failed with message: {latest.failure}.',
+            )
+        else:
+            configuration = (
+                "Unknown",
+                "RevisionMissing",
+                f'Configuration "{ksvc.name}" is waiting for a Revision to become ready.',
+            )
+        ready = configuration if configuration[0] != "True" else routes
+        status: dict[str, Any] = {
+            "observedGeneration": ksvc.generation,
+            "latestCreatedRevisionName": latest.name,
+            "latestReadyRevisionName": latest_ready.name if latest_ready else "",
+            "traffic": traffic,
+            "url": f"http://{ksvc.name}.{service.namespace}.{self.domain}",
+            "address": {"url": f"http://{ksvc.name}.{service.namespace}.svc.cluster.local"},
+            "conditions": previous.get("conditions", []),
         }
+        for kind, value in (("ConfigurationsReady", configuration), ("RoutesReady", routes), ("Ready", ready)):
+            _set_condition(status, kind, *value)
+        ksvc.status = status
 
-    def _conditions(self, service: _Service, wanted: dict[str, tuple[str, str, str]]) -> list[dict[str, str]]:
-        previous = {c["type"]: c for c in service.status.get("conditions", [])}
-        conditions = []
-        for kind, (status, reason, message) in sorted(wanted.items()):
-            old = previous.get(kind)
-            since = old["lastTransitionTime"] if old and old["status"] == status else _now()
-            condition = {"type": kind, "status": status, "lastTransitionTime": since}
-            if reason:
-                condition["reason"] = reason
-            if message:
-                condition["message"] = message
-            conditions.append(condition)
-        return conditions
+    def _new_revision(self, service: _Service, ksvc: _KnativeService) -> Revision:
+        number = len(ksvc.revisions) + 1
+        predictor = service.obj["spec"]["predictor"]
+        storage_uri = _storage_uri(predictor) or ""
+        fault = self._faults.get((service.namespace, number)) or self._faults.get((service.namespace, storage_uri))
+        backend = self._backend_for(service.namespace, number, predictor) if fault != "never_ready" else None
+        revision = Revision(
+            name=f"{ksvc.name}-{number:05d}",
+            number=number,
+            template=copy.deepcopy(ksvc.template),
+            storage_uri=storage_uri,
+            runtime="custom" if predictor.get("containers") else "tensorflow",
+            fault=fault,
+            backend=backend,
+        )
+        revision.start_proxy()
+        ksvc.revisions.append(revision)
+        return revision
 
-    def _tag_url(self, service: _Service, tag: str, revision_name: str) -> str:
-        if service.namespace in self._direct:
-            revision = service.revision(revision_name)
-            if revision is not None and revision.proxy is not None:
-                return revision.proxy_url
-        return f"http://{tag}-{service.name}-predictor.{service.namespace}.{self.domain}"
+    def _tag_url(self, service: _Service, ksvc: _KnativeService, tag: str, revision: Revision) -> str:
+        if service.namespace in self._direct and revision.proxy is not None:
+            return revision.proxy_url
+        return f"http://{tag}-{ksvc.name}.{service.namespace}.{self.domain}"
+
+    # -- model servers ----------------------------------------------------------------------------
+
+    def _backend_for(self, namespace: str, number: int, predictor: dict[str, Any]) -> Backend | None:
+        """The model server of a predictor spec: TF Serving's stand-in, or the custom container's command."""
+        if predictor.get("containers"):
+            container = predictor["containers"][0]
+            key = json.dumps(container, sort_keys=True)
+            if not self._live(key):
+                self._start(key, *self._custom(namespace, number, container))
+        elif _storage_uri(predictor):
+            key = self._tf_serving_key(_storage_uri(predictor) or "")
+            if not self._live(key):
+                self._start(key, *self._tf_serving(_storage_uri(predictor) or ""))
+        else:
+            return None
+        return self._backends[key]
+
+    def _live(self, key: str) -> bool:
+        return key in self._backends and not self._backends[key].failed
+
+    def _start(self, key: str, argv: list[str], ready_path: str) -> None:
+        port = int(argv[argv.index("--port") + 1])
+        log_path = self.workdir / f"model-server-{len(self._backends) + 1}.log"
+        self._backends[key] = Backend(argv, port, ready_path, log_path)
+
+    @staticmethod
+    def _tf_serving_key(storage_uri: str) -> str:
+        return f"tensorflow {storage_uri}"
+
+    def _tf_serving(self, storage_uri: str) -> tuple[list[str], str]:
+        cli = Path(sys.executable).parent / "fashion-pipeline"
+        argv = [str(cli), "serve", "--storage-uri", storage_uri, "--port", str(free_port())]
+        return argv, f"/v2/models/{MODEL_SERVER_MODEL}/ready"
+
+    def _custom(self, namespace: str, number: int, container: dict[str, Any]) -> tuple[list[str], str]:
+        """The container as its pod runs it: a storage initializer fills /mnt/models and rewrites STORAGE_URI
+        (storage_initializer_injector.go), `$(VAR)` is expanded from the env, the port is a free local one."""
+        env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        mount = Path(MODEL_MOUNT)
+        if env.get(STORAGE_URI_ENV):
+            mount = self.workdir / f"{namespace}-{number}" / "mnt-models"
+            if mount.exists():
+                shutil.rmtree(mount)
+            open_store(env[STORAGE_URI_ENV]).download_dir("", mount)
+            env[STORAGE_URI_ENV] = str(mount)
+        argv = [
+            ENV_REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), arg) for arg in container.get("args") or []
+        ]
+        command = [str(Path(sys.executable).parent / c) if c == "fashion-pipeline" else c for c in container["command"]]
+        port = str(free_port())
+        for flag, value in (("--port", port), ("--host", "127.0.0.1")):  # the pod's own network namespace
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+        probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path", "/")
+        return [*command, *argv], probe
 
     # -- the ingress ----------------------------------------------------------------------------
 
@@ -842,42 +1057,100 @@ class KServeSim:
         return Ingress
 
     def _route_host(self, host: str) -> Revision | None:
+        """Kourier: the Knative Service's host splits by the route's traffic, `<tag>-<host>` is one revision."""
         with self._lock:
             for service in self._services.values():
-                if service.mode != "Knative":
+                view = self._view(service, lag=True)
+                if service.ksvc is None or view["status"].get("deploymentMode") != "Knative":
                     continue
-                base = f"{service.name}-predictor.{service.namespace}.{self.domain}"
-                traffic = (
-                    self._view(service, lag=True)["status"].get("components", {}).get("predictor", {}).get("traffic")
-                    or []
-                )
-                if host in (f"{service.name}.{service.namespace}.{self.domain}", base):
+                base = f"{service.ksvc.name}.{service.namespace}.{self.domain}"
+                traffic = view["status"].get("components", {}).get("predictor", {}).get("traffic") or []
+                if host == base:
                     return self._split(service, traffic)
                 for entry in traffic:
-                    if host == f"{entry.get('tag')}-{base}":
+                    if entry.get("tag") and host == f"{entry['tag']}-{base}":
                         return service.revision(entry["revisionName"])
         return None
 
     def _split(self, service: _Service, traffic: list[dict[str, Any]]) -> Revision | None:
         """Smooth weighted round-robin over the revisions with a share: exactly their percent of requests."""
-        shares = [(t["revisionName"], int(t["percent"])) for t in traffic if t.get("percent")]
+        shares: dict[str, int] = {}
+        for entry in traffic:
+            if entry.get("percent"):
+                shares[entry["revisionName"]] = shares.get(entry["revisionName"], 0) + int(entry["percent"])
         if not shares:
             return None
-        for name, percent in shares:
+        for name, percent in shares.items():
             service.credit[name] = service.credit.get(name, 0) + percent
-        chosen = max(shares, key=lambda share: service.credit[share[0]])[0]
-        service.credit[chosen] -= sum(percent for _, percent in shares)
+        chosen = max(shares, key=lambda name: service.credit[name])
+        service.credit[chosen] -= sum(shares.values())
         return service.revision(chosen)
 
 
-def _template(obj: dict[str, Any]) -> dict[str, Any]:
-    """What KServe puts into the Knative revision template: a change here is a new revision."""
-    metadata = obj.get("metadata", {})
-    predictor = {k: v for k, v in obj.get("spec", {}).get("predictor", {}).items() if k != "canaryTrafficPercent"}
-    annotations = {
-        k: v for k, v in (metadata.get("annotations") or {}).items() if k not in TEMPLATE_ANNOTATION_DENYLIST
-    }
-    return copy.deepcopy({"predictor": predictor, "annotations": annotations, "labels": metadata.get("labels") or {}})
+def _parse_mode(mode: str) -> str:
+    """constants.go ParseDeploymentMode: the legacy names normalised."""
+    return {"Serverless": "Knative", "RawDeployment": "Standard"}.get(mode, mode)
+
+
+def _storage_uri(predictor: dict[str, Any]) -> str | None:
+    """The implementation's GetStorageUri: `model.storageUri`, or a custom container's STORAGE_URI env."""
+    if predictor.get("model"):
+        return predictor["model"].get("storageUri")  # type: ignore[no-any-return]
+    for container in predictor.get("containers") or []:
+        if container.get("name") == CUSTOM_CONTAINER:  # predictor_custom.go GetStorageUri
+            return next((e.get("value") for e in container.get("env") or [] if e.get("name") == STORAGE_URI_ENV), None)
+    return None
+
+
+def _pod_spec(name: str, predictor: dict[str, Any]) -> dict[str, Any]:
+    """predictor.go buildPodSpec, reduced to what makes revisions differ: the runtime container(s)."""
+    extension = {k: v for k, v in predictor.items() if k not in ("canaryTrafficPercent", "model", "containers")}
+    if predictor.get("model"):
+        model = predictor["model"]
+        containers = [
+            {
+                "name": CUSTOM_CONTAINER,
+                "image": f"tensorflow/serving:{model.get('runtimeVersion', '2.6.2')}",
+                "args": [f"--model_name={name}", f"--model_base_path={MODEL_MOUNT}"],
+                "resources": model.get("resources", {}),
+            }
+        ]
+    else:
+        containers = copy.deepcopy(predictor.get("containers") or [])
+    for container in containers:  # AddEnvVarToPodSpec INFERENCE_SERVICE_NAME
+        container.setdefault("env", []).append({"name": "INFERENCE_SERVICE_NAME", "value": name})
+    return {**copy.deepcopy(extension), "containers": containers}
+
+
+def _condition(holder: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in holder.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _set_condition(holder: dict[str, Any], kind: str, status: str, reason: str, message: str) -> None:
+    """knative.dev/pkg's condition manager: the transition time changes only with the status."""
+    conditions = holder.setdefault("conditions", [])
+    old = _condition(holder, kind)
+    since = old["lastTransitionTime"] if old and old["status"] == status else _now()
+    condition = {"type": kind, "status": status, "lastTransitionTime": since}
+    if reason:
+        condition["reason"] = reason
+    if message:
+        condition["message"] = message
+    holder["conditions"] = sorted([c for c in conditions if c["type"] != kind] + [condition], key=lambda c: c["type"])
+
+
+def _living_ready(status: dict[str, Any]) -> tuple[str, str, str]:
+    """apis.NewLivingConditionSet(PredictorReady, IngressReady): Ready follows the first unhappy dependent."""
+    unknown: tuple[str, str, str] | None = None
+    for kind in ("PredictorReady", "IngressReady"):
+        condition = _condition(status, kind)
+        if condition is None:
+            unknown = unknown or ("Unknown", "", "")
+        elif condition["status"] == "False":
+            return "False", condition.get("reason", ""), condition.get("message", "")
+        elif condition["status"] != "True":
+            unknown = unknown or ("Unknown", condition.get("reason", ""), condition.get("message", ""))
+    return unknown or ("True", "", "")
 
 
 def _status_body(exc: Rejected) -> dict[str, Any]:

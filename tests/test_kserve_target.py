@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class Models:
     dataset_uri: str
     a: str
     b: str
+    c: str
     images: np.ndarray  # the last HOLDOUT images of the test split
     labels: np.ndarray
 
@@ -48,25 +50,24 @@ class Models:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> Models:
-    """Two small, different real models in one registry (seconds each)."""
+    """Three small, different real models in one registry (seconds each)."""
     root = tmp_path_factory.mktemp("kserve-models")
     store = open_store(str(root / "store"))
     dataset = fetch_dataset(store, [(str(real_mirror), False)])
     registry = Registry(store)
     trained = [
         train(dataset.uri, registry, TrainParams(epochs=1, train_limit=2000, seed=seed), root / f"m{seed}", "test")
-        for seed in (1, 2)
+        for seed in (1, 2, 3)
     ]
     data = load_dataset(dataset.uri)
-    return Models(
-        registry, dataset.uri, trained[0].version, trained[1].version, data.x_test[-HOLDOUT:], data.y_test[-HOLDOUT:]
-    )
+    versions = [result.version for result in trained]
+    return Models(registry, dataset.uri, *versions, data.x_test[-HOLDOUT:], data.y_test[-HOLDOUT:])
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory, models: Models) -> Iterator[KServeSim]:
     with KServeSim(tmp_path_factory.mktemp("kserve-sim")) as sim:
-        for version in (models.a, models.b):
+        for version in (models.a, models.b, models.c):
             sim.start_model_server(models.uri(version))
         sim.wait_model_servers()
         yield sim
@@ -103,20 +104,26 @@ def deploy_and_promote(target: KServeTarget, models: Models, version: str) -> No
     target.promote(version)
 
 
-def served_versions(sim: KServeSim, namespace: str, images: np.ndarray, requests_: int = 10) -> dict[str, int]:
-    """Which versions answer users: single-image requests through the ingress to the InferenceService's URL."""
-    seen: dict[str, int] = {}
+def user_request(sim: KServeSim, namespace: str, image: np.ndarray) -> int:
+    """One prediction through the ingress at the InferenceService's URL, as a user sends it; the status."""
+    response = requests.post(
+        f"{sim.ingress_url}/v1/models/{NAME}:predict",
+        json={"instances": image[None].tolist()},
+        headers={"Host": sim.host(namespace, NAME)},
+        timeout=10,
+    )
+    return response.status_code
+
+
+def served_versions(sim: KServeSim, namespace: str, models: Models, requests_: int = 10) -> dict[str, int]:
+    """Which versions answer users: counted at the revisions' queue-proxies (TF Serving names no version)."""
+    before = sim.served_by_storage_uri(namespace, NAME)
     for i in range(requests_):
-        response = requests.post(
-            f"{sim.ingress_url}/v1/models/{NAME}:predict",
-            json={"instances": images[i : i + 1].tolist()},
-            headers={"Host": sim.host(namespace, NAME)},
-            timeout=10,
-        )
-        assert response.status_code == 200, response.text
-        version = response.headers["X-Model-Version"]
-        seen[version] = seen.get(version, 0) + 1
-    return seen
+        assert user_request(sim, namespace, models.images[i]) == 200
+    after = sim.served_by_storage_uri(namespace, NAME)
+    by_uri = {uri: after[uri] - before.get(uri, 0) for uri in after if after[uri] != before.get(uri, 0)}
+    version_of = {models.uri(v): v for v in (models.a, models.b, models.c)}
+    return {version_of[uri]: count for uri, count in by_uri.items()}
 
 
 def api_requests(sim: KServeSim, namespace: str, method: str) -> list[dict[str, Any]]:
@@ -131,13 +138,14 @@ def traffic(sim: KServeSim, namespace: str) -> list[tuple[str, int, str | None]]
     ]
 
 
+@pytest.mark.parametrize("percent", [10, 100], ids=["with a canary percent", "at 100%"])
 def test_first_deployment_creates_the_inference_service_with_the_pinned_runtime_and_the_version_root(
-    sim: KServeSim, api_client: Any, models: Models, namespace: str
+    percent: int, sim: KServeSim, api_client: Any, models: Models, namespace: str
 ) -> None:
     kserve = make_target(sim, api_client, namespace)
     assert kserve.live_version() is None
 
-    kserve.deploy_canary(models.a, models.uri(models.a), 10)
+    kserve.deploy_canary(models.a, models.uri(models.a), percent)
 
     (create,) = api_requests(sim, namespace, "POST")
     assert create["query"]["fieldValidation"] == "Strict"
@@ -152,19 +160,24 @@ def test_first_deployment_creates_the_inference_service_with_the_pinned_runtime_
     }
     assert DEFAULT_RUNTIME_VERSION == "2.20.0"  # the newest TF Serving image; there is no 2.21 (serving#4130)
     assert predictor["serviceAccountName"] == "fashion-mnist-predictor"
+    assert predictor["canaryTrafficPercent"] == percent
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
     assert annotations["serving.kserve.io/enable-tag-routing"] == "true"
 
     kserve.wait_ready(models.a, READY_TIMEOUT_S)
-    assert traffic(sim, namespace) == [(f"{NAME}-predictor-00001", 100, "latest")]  # nothing to split with yet
-    assert kserve.live_version() is None  # deployed, not promoted
+    # KServe rolls the first revision out, then splits the percent over that same revision.
+    rev1 = f"{NAME}-predictor-00001"
+    split = [(rev1, 10, "latest"), (rev1, 90, "prev")] if percent == 10 else [(rev1, 100, "latest")]
+    assert traffic(sim, namespace) == split
+    assert kserve.live_version() == (models.a if percent == 100 else None)  # a canary at 100% already serves all
 
     kserve.promote(models.a)
     isvc = sim.get(namespace, NAME)
     assert isvc is not None and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert traffic(sim, namespace) == [(rev1, 100, "latest")]
     assert kserve.live_version() == models.a
-    assert served_versions(sim, namespace, models.images) == {models.a: 10}
+    assert served_versions(sim, namespace, models) == {models.a: 10}
     assert sim.validator.validate(isvc) == []  # the simulator's own status fits the CRD too
 
 
@@ -187,7 +200,7 @@ def test_a_canary_takes_its_share_and_the_probe_reaches_the_canary_alone(
         (f"{NAME}-predictor-00001", 80, "prev"),
     ]
     assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.b): 20, models.uri(models.a): 80}
-    assert served_versions(sim, namespace, models.images) == {models.a: 8, models.b: 2}
+    assert served_versions(sim, namespace, models) == {models.a: 8, models.b: 2}
     assert kserve.live_version() == models.a
 
     result = kserve.probe(models.b, models.images, models.labels, batch=32)
@@ -202,7 +215,20 @@ def test_a_canary_takes_its_share_and_the_probe_reaches_the_canary_alone(
     assert isvc is not None and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
     assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.b): 100}
     assert kserve.live_version() == models.b
-    assert served_versions(sim, namespace, models.images) == {models.b: 10}
+    assert served_versions(sim, namespace, models) == {models.b: 10}
+
+
+def _assert_production_restored(sim: KServeSim, namespace: str, models: Models, production: str) -> None:
+    """Production's spec is back, without a percent, and its newest revision is the latest ready one."""
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None
+    predictor, component = isvc["spec"]["predictor"], isvc["status"]["components"]["predictor"]
+    assert predictor["model"]["storageUri"] == models.uri(production)
+    assert "canaryTrafficPercent" not in predictor
+    newest = sim.revisions(namespace, NAME)[-1]
+    assert newest.storage_uri == models.uri(production)
+    assert component["latestReadyRevision"] == component["latestRolledoutRevision"] == newest.name
+    assert traffic(sim, namespace) == [(newest.name, 100, "latest")]
 
 
 @pytest.mark.parametrize("fault", ["errors", "wrong_classes"])
@@ -223,15 +249,10 @@ def test_a_canary_failing_its_probe_is_rolled_back_and_production_serves_everyth
 
     kserve.rollback(models.b)
 
-    isvc = sim.get(namespace, NAME)
-    assert isvc is not None and isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
-    assert traffic(sim, namespace) == [
-        (f"{NAME}-predictor-00002", 0, "latest"),
-        (f"{NAME}-predictor-00001", 100, "prev"),
-    ]
+    _assert_production_restored(sim, namespace, models, models.a)
     assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.a): 100}
     assert kserve.live_version() == models.a
-    assert served_versions(sim, namespace, models.images) == {models.a: 10}
+    assert served_versions(sim, namespace, models) == {models.a: 10}
 
 
 def test_a_canary_that_never_becomes_ready_times_out_naming_the_conditions_and_production_keeps_serving(
@@ -239,7 +260,7 @@ def test_a_canary_that_never_becomes_ready_times_out_naming_the_conditions_and_p
 ) -> None:
     kserve = make_target(sim, api_client, namespace)
     deploy_and_promote(kserve, models, models.a)
-    deploy_and_promote(kserve, models, models.b)  # a revision rolled out before production: KServe's 0% trap
+    deploy_and_promote(kserve, models, models.b)  # a revision rolled out before production
     sim.inject_fault(namespace, "never_ready", revision=3)
     kserve.deploy_canary(models.a, models.uri(models.a), 10)
 
@@ -249,13 +270,74 @@ def test_a_canary_that_never_becomes_ready_times_out_naming_the_conditions_and_p
 
     kserve.rollback(models.a)
 
-    isvc = sim.get(namespace, NAME)
-    assert isvc is not None
-    assert isvc["spec"]["predictor"]["model"]["storageUri"] == models.uri(models.b)
-    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    _assert_production_restored(sim, namespace, models, models.b)
     assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(models.b): 100}
     assert kserve.live_version() == models.b
-    assert served_versions(sim, namespace, models.images) == {models.b: 10}
+    assert served_versions(sim, namespace, models) == {models.b: 10}
+
+
+def test_a_rejected_canary_never_serves_a_user_again_even_when_the_next_canary_never_becomes_ready(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    """KServe keeps a 0%-rolled-back canary as Knative's latest ready revision: without restoring production,
+    the next canary's share (and, when it never becomes ready, a restore's 100%) would reach it."""
+    kserve = make_target(sim, api_client, namespace)
+    deploy_and_promote(kserve, models, models.a)
+    sim.inject_fault(namespace, "wrong_classes", storage_uri=models.uri(models.b))
+    kserve.deploy_canary(models.b, models.uri(models.b), 10)
+    kserve.wait_ready(models.b, READY_TIMEOUT_S)
+    assert kserve.probe(models.b, models.images, models.labels, batch=32).accuracy < 0.3
+    kserve.rollback(models.b)
+    rejected = sim.served_by_storage_uri(namespace, NAME).get(models.uri(models.b), 0)
+
+    users: list[int] = []
+    stop = threading.Event()
+
+    def keep_predicting() -> None:
+        while not stop.is_set() and len(users) < 2000:
+            users.append(user_request(sim, namespace, models.images[len(users) % HOLDOUT]))
+
+    thread = threading.Thread(target=keep_predicting, daemon=True)
+    thread.start()
+    try:
+        sim.inject_fault(namespace, "never_ready", storage_uri=models.uri(models.c))
+        next_run = make_target(sim, api_client, namespace)
+        next_run.deploy_canary(models.c, models.uri(models.c), 10)
+        with pytest.raises(KServeError, match="not ready after"):
+            next_run.wait_ready(models.c, 1.0)
+        next_run.rollback(models.c)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+    assert users and set(users) == {200}
+    assert sim.served_by_storage_uri(namespace, NAME).get(models.uri(models.b), 0) == rejected
+    _assert_production_restored(sim, namespace, models, models.a)
+    assert served_versions(sim, namespace, models) == {models.a: 10}
+
+
+def test_readiness_does_not_compare_knatives_generation_with_the_inference_services(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    """`status.observedGeneration` is the Knative Service's: edits KServe reconciles together leave it behind."""
+    from kubernetes import client
+
+    kserve = make_target(sim, api_client, namespace)
+    deploy_and_promote(kserve, models, models.a)
+    objects = client.CustomObjectsApi(api_client)
+    for cpu in ("750m", DEFAULT_RESOURCES["requests"]["cpu"]):  # an edit and its revert, reconciled as one
+        body = {"spec": {"predictor": {"model": {"resources": {"requests": {"cpu": cpu}}}}}}
+        objects.patch_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", namespace, "inferenceservices", NAME, body
+        )
+
+    kserve.deploy_canary(models.b, models.uri(models.b), 10)
+    kserve.wait_ready(models.b, READY_TIMEOUT_S)
+    kserve.promote(models.b)
+
+    isvc = sim.get(namespace, NAME)
+    assert isvc is not None and isvc["status"]["observedGeneration"] < isvc["metadata"]["generation"]
+    assert kserve.live_version() == models.b
 
 
 def test_a_failed_first_deployment_is_deleted_on_rollback(
@@ -276,14 +358,21 @@ def test_a_failed_first_deployment_is_deleted_on_rollback(
 
 @pytest.mark.parametrize("annotations", [{"serving.kserve.io/deploymentMode": "RawDeployment"}, {}])
 def test_a_standard_mode_inference_service_refuses_a_canary(
-    annotations: dict[str, str], sim: KServeSim, api_client: Any, models: Models, namespace: str
+    annotations: dict[str, str],
+    sim: KServeSim,
+    api_client: Any,
+    models: Models,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from kubernetes import client
 
+    # No annotation: the cluster's default decides; KServe's code default (no ConfigMap entry) is Standard.
+    monkeypatch.setattr(sim, "default_mode", "Standard")
     existing = {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": {"name": NAME, "annotations": annotations},  # no annotation: the cluster default, Standard
+        "metadata": {"name": NAME, "annotations": annotations},
         "spec": {"predictor": {"model": {"modelFormat": {"name": "tensorflow"}, "storageUri": models.uri(models.a)}}},
     }
     client.CustomObjectsApi(api_client).create_namespaced_custom_object(
@@ -387,4 +476,4 @@ def test_rollout_on_kserve_promotes_or_rolls_back_and_the_registry_follows(
     assert registry.alias("production")["version"] == expected  # type: ignore[index]
     assert kserve.live_version() == expected
     assert sim.traffic_by_storage_uri(namespace, NAME) == {models.uri(expected): 100}
-    assert served_versions(sim, namespace, models.images) == {expected: 10}
+    assert served_versions(sim, namespace, models) == {expected: 10}

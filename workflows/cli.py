@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from steps import hardware
 from steps.errors import UserError
 from workflows.runs_cli import runs_app
 
@@ -181,6 +182,13 @@ def train(
     architecture: Annotated[str | None, typer.Option(help="fast-cnn, wide-cnn or small-cnn.")] = None,
     train_limit: Annotated[int, typer.Option(help="Train on this many images (0 = all).")] = 0,
     precision: Annotated[str | None, typer.Option(help="auto, mixed_bfloat16 or float32.")] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            envvar=hardware.CPU_LIMIT_ENV,
+            help="TensorFlow threads (0 = one per host core); in a pod, its limits.cpu through the downward API.",
+        ),
+    ] = 0,
     out: OutOption = Path("outputs/train"),
 ) -> None:
     """Train the CNN, export a SavedModel and publish it as a new registry version."""
@@ -200,7 +208,9 @@ def train(
     )
     params.check()
     workflow = os.environ.get("FASHION_PIPELINE_WORKFLOW") or None
-    result = run_train(_default_dataset(dataset), _registry(), params, out, code_version(), workflow, _epoch_progress())
+    result = run_train(
+        _default_dataset(dataset), _registry(), params, out, code_version(), workflow, _epoch_progress(), threads
+    )
     values = {"model_version": result.version, "model_uri": result.version_uri}
     _write_outputs(out, values)
     final = {k: v[-1] for k, v in result.history.items() if v}

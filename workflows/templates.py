@@ -21,7 +21,7 @@ from hera.workflows import (
 )
 from hera.workflows import models as m
 
-from steps import __version__
+from steps import __version__, hardware
 from workflows import trigger
 
 IMAGE = f"fashion-pipeline/steps:{__version__}"
@@ -78,15 +78,37 @@ def _args(step: str, *names: str) -> list[str]:
     return [*args, "--out", OUTPUTS]
 
 
-def _step(name: str, *, cpu: str, memory: str, deadline: int, **kwargs: object) -> Container:
+def _cpu_limit_env() -> m.EnvVar:
+    """The container's own limits.cpu (downward API): TensorFlow would otherwise size its pools by host cores."""
+    source = m.EnvVarSource(resource_field_ref=m.ResourceFieldSelector(resource="limits.cpu", divisor="1"))
+    return m.EnvVar(name=hardware.CPU_LIMIT_ENV, value_from=source)
+
+
+def _step(
+    name: str,
+    *,
+    cpu: str,
+    memory: str,
+    deadline: int,
+    cpu_limit: str | None = None,
+    memory_limit: str | None = None,
+    env: list[Env | SecretEnv | m.EnvVar] | None = None,
+    **kwargs: object,
+) -> Container:
+    """A step container; requests are what the scheduler reserves, limits (default: the requests) may be higher."""
     return Container(
         name=name,
         image=IMAGE,
         image_pull_policy="IfNotPresent",
         command=["fashion-pipeline"],
-        env=_env(),
+        env=[*_env(), *(env or [])],
         security_context=_SECURITY,
-        resources=Resources(cpu_request=cpu, cpu_limit=cpu, memory_request=memory, memory_limit=memory),
+        resources=Resources(
+            cpu_request=cpu,
+            cpu_limit=cpu_limit or cpu,
+            memory_request=memory,
+            memory_limit=memory_limit or memory,
+        ),
         active_deadline_seconds=deadline,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -124,8 +146,11 @@ def fetch_dataset() -> Container:
 def train() -> Container:
     return _step(
         "train",
-        cpu="2",
-        memory="4Gi",
+        cpu="1",
+        cpu_limit="2",
+        memory="3Gi",
+        memory_limit="4Gi",
+        env=[_cpu_limit_env()],
         deadline=3600,
         args=_args("train", *TRAIN_INPUTS),
         inputs=_inputs(*TRAIN_INPUTS),
@@ -141,8 +166,10 @@ def train() -> Container:
 def evaluate() -> Container:
     return _step(
         "evaluate",
-        cpu="2",
-        memory="3Gi",
+        cpu="1",
+        cpu_limit="2",
+        memory="2Gi",
+        memory_limit="3Gi",
         deadline=1800,
         args=[*_args("evaluate", *EVALUATE_INPUTS)[:-2], "--champion", "production", "--out", OUTPUTS],
         inputs=_inputs(*EVALUATE_INPUTS),

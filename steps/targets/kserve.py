@@ -1,21 +1,37 @@
 """The KServe target: one InferenceService, rolled forward with a Knative-mode canary.
 
 What the InferenceService carries, and why:
-- `spec.predictor.model`: format `tensorflow`, a pinned TF Serving `runtimeVersion` (KServe's default
-  2.6.2 cannot load a TF 2.21 export) and `storageUri` = the registry's version root.
-- `serving.kserve.io/deploymentMode: Knative`: KServe >= 0.16 defaults to Standard (raw) mode, where
+- The predictor, in one of two serving runtimes:
+  `tensorflow` (the default): `spec.predictor.model` with format `tensorflow`, a pinned TF Serving
+  `runtimeVersion` (KServe's default 2.6.2 cannot load a TF 2.21 export) and `storageUri` = the registry's
+  version root. TF Serving publishes amd64 images only.
+  `custom`: `spec.predictor.containers`, the step image running `fashion-pipeline serve` (amd64 and arm64):
+  the `STORAGE_URI` env is KServe's storage URI for custom predictors (v0.20 `predictor_custom.go`
+  GetStorageUri); its storage initializer downloads the version root to /mnt/models and rewrites the
+  variable to that path, which the container's args read as `$(STORAGE_URI)`.
+- `serving.kserve.io/deploymentMode: Knative`: KServe's code default is Standard (raw) mode, where
   `canaryTrafficPercent` is silently ignored. An existing InferenceService in Standard mode is refused.
 - `serving.kserve.io/enable-tag-routing: "true"`: the canary gets its own `latest-` URL, so the probe
   measures the candidate alone, never the production share of a split.
 - Our bookkeeping annotations name the production version and its storageUri. KServe copies the
   InferenceService's annotations into the Knative revision template, so changing one creates a new
-  revision: they are written only together with a new `storageUri`, never on their own.
+  revision: they are written only together with a new predictor, never on their own.
 
-Where traffic is, is read from `canaryTrafficPercent`: unset means the latest revision has all of it
-(live = the version in `storageUri`); set means a canary is in flight or was rolled back (live = the
-production annotation). Writes are JSON merge patches through `CustomObjectsApi` with plain dicts
-(the typed `KServeClient` write path breaks with kubernetes 37), with server-side strict field
-validation so a cluster rejects an unknown field instead of silently dropping it.
+How KServe v0.20 routes (`reconcilers/knative/ksvc_reconciler.go` createKnativeService, PropagateStatus in
+`inference_service_status.go`), and what follows for this target:
+- With a canary percent and a rolled-out revision, N% goes to `latestRevision: true` (Knative's latest
+  *ready* revision) and the rest to the rolled-out one. A first deployment created with a percent ends as
+  `latest` X N% + `prev` X (100-N)%: a revision's share is summed over the traffic entries.
+- A canary rolled back with 0% stays the latest ready revision: the next canary's share would reach it
+  until the new revision is ready. So every rollback restores the production spec: first at 0% (all
+  traffic stays on the rolled-out revision), then, once production's new revision is ready, without a
+  percent, so the newest ready revision serves production again.
+- `status.observedGeneration` is the Knative Service's generation, not the InferenceService's: readiness
+  is read from revisions, conditions and traffic, never by comparing it with `metadata.generation`.
+
+Writes are JSON merge patches through `CustomObjectsApi` with plain dicts (the typed `KServeClient` write
+path breaks with kubernetes 37), with server-side strict field validation so a cluster rejects an unknown
+field instead of silently dropping it.
 """
 
 from __future__ import annotations
@@ -40,12 +56,20 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # The `tensorflow/serving` image tag. There is no TF Serving 2.21 (tensorflow/serving#4130): 2.20.0 is
 # the newest release, and tests/test_serving_runtime.py checks that a TF 2.21 export answers under it.
 DEFAULT_RUNTIME_VERSION = "2.20.0"
+SERVING_RUNTIMES = ("tensorflow", "custom")
+DEFAULT_SERVING_RUNTIME = "tensorflow"
 DEFAULT_SERVICE_ACCOUNT = "fashion-mnist-predictor"
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
     "limits": {"cpu": "1", "memory": "2Gi"},
 }
 MERGE_PATCH = "application/merge-patch+json"
+
+# The custom predictor: KServe's container name and storage-URI variable (v0.20 constants.go), the port
+# Knative sends requests to by default.
+CUSTOM_CONTAINER = "kserve-container"
+STORAGE_URI_ENV = "STORAGE_URI"
+CUSTOM_PORT = 8080
 
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
@@ -78,7 +102,16 @@ class KServeTarget:
         probe_url: str | None = None,
         poll_s: float = 2.0,
         promote_timeout_s: float = 120.0,
+        restore_timeout_s: float = 300.0,
+        serving_runtime: str = DEFAULT_SERVING_RUNTIME,
+        serving_image: str | None = None,
     ) -> None:
+        if serving_runtime not in SERVING_RUNTIMES:
+            raise KServeError(
+                f"unknown serving runtime {serving_runtime!r}: choose one of {', '.join(SERVING_RUNTIMES)}"
+            )
+        if serving_runtime == "custom" and not serving_image:
+            raise KServeError("the custom serving runtime needs the step image to run (serving_image)")
         self.namespace = namespace
         self.isvc_name = name
         self.runtime_version = runtime_version
@@ -87,12 +120,16 @@ class KServeTarget:
         self.probe_url = probe_url.rstrip("/") if probe_url else None
         self.poll_s = poll_s
         self.promote_timeout_s = promote_timeout_s
+        self.restore_timeout_s = restore_timeout_s
+        self.serving_runtime = serving_runtime
+        self.serving_image = serving_image
         self._api_client = api_client
         self._api: Any = None
-        # Set by deploy_canary: the newest revision before our patch (readiness needs a newer one) and
-        # the revision serving production then (where a rollback must send the traffic).
+        # Set by deploy_canary: the newest revision before our patch (readiness needs a newer one) and the
+        # revision serving production then (the rest of a split must be on it); by wait_ready: the canary's.
         self._superseded_revision: str | None = None
         self._production_revision: str | None = None
+        self._canary_revision: str | None = None
 
     @property
     def ref(self) -> str:
@@ -108,7 +145,7 @@ class KServeTarget:
         isvc = self._get()
         if isvc is None:
             log.info("%s does not exist: creating it with %s (a first deployment takes all traffic)", self.ref, version)
-            self._superseded_revision = self._production_revision = None
+            self._superseded_revision = self._production_revision = self._canary_revision = None
             self._create(self._manifest(version, storage_uri, percent, production=None))
             return
         isvc = self._reconciled(isvc)
@@ -116,11 +153,14 @@ class KServeTarget:
         production = _production(isvc)
         if production == version:
             raise KServeError(f"{self.ref} already serves {version} in production: nothing to deploy")
-        model = _predictor(isvc).get("model") or {}
-        self._superseded_revision = (
-            _component(isvc).get("latestCreatedRevision") if model.get("storageUri") != storage_uri else None
-        )
+        if production and _predictor(isvc).get("canaryTrafficPercent") is not None:
+            # A canary left behind (a crashed run, or a rollback by an older rollout): its revision may be the
+            # latest ready one, which would take this canary's share until the new revision is ready.
+            log.warning("%s still carries a canary percent: restoring production %s first", self.ref, production)
+            isvc = self._restore(isvc, production)
+        self._superseded_revision = _component(isvc).get("latestCreatedRevision")
         self._production_revision = _production_revision(isvc) if production else None
+        self._canary_revision = None
         log.info("%s: canary %s at %d%% next to production %s", self.ref, version, percent, production or "(none)")
         recorded = (production, _production_uri(isvc) or "") if production else None
         self._patch(self._manifest(version, storage_uri, percent, production=recorded))
@@ -132,7 +172,8 @@ class KServeTarget:
             self._refuse_standard_mode(isvc, f"cannot canary {version}")
             problem = self._not_ready(isvc, version)
             if problem is None:
-                log.info("%s: %s is ready", self.ref, version)
+                self._canary_revision = _component(isvc).get("latestCreatedRevision")
+                log.info("%s: %s is ready as %s", self.ref, version, self._canary_revision)
                 return
             if time.monotonic() >= deadline:
                 raise KServeError(f"{self.ref}: {version} not ready after {timeout_s:g}s: {problem}")
@@ -142,10 +183,14 @@ class KServeTarget:
         """Errors are measured, never raised: a canary that cannot even be reached fails its probe."""
         isvc = self._require()
         entry = _latest_traffic(isvc)
-        url = (entry or {}).get("url") or (_status(isvc).get("url") if entry and entry.get("percent") == 100 else None)
+        url = (entry or {}).get("url") or (
+            _status(isvc).get("url") if _shares(isvc) == {_revision(entry): 100} else None
+        )
         problem = None
         if _annotations(isvc).get(CANARY_VERSION) != version:
             problem = f"{self.ref} no longer deploys {version}: someone else changed it"
+        elif _revision(entry) != _component(isvc).get("latestCreatedRevision"):
+            problem = f"{self.ref}: the latest revision is not the one serving `latest` ({_traffic_summary(isvc)})"
         elif not url:
             problem = f"{self.ref} has no URL for its latest revision: is tag routing ({TAG_ROUTING}) enabled?"
         if problem:
@@ -171,17 +216,10 @@ class KServeTarget:
         isvc = self._require()
         if _annotations(isvc).get(CANARY_VERSION) != version:
             raise KServeError(f"{self.ref} no longer deploys {version}: someone else changed it, not promoting")
+        canary = self._canary_revision or _component(isvc).get("latestCreatedRevision")
         self._patch({"spec": {"predictor": {"canaryTrafficPercent": None}}})
-        deadline = time.monotonic() + self.promote_timeout_s
-        while True:
-            isvc = self._require()
-            problem = self._not_ready(isvc, version)
-            if problem is None:
-                log.info("%s: %s takes all the traffic", self.ref, version)
-                return
-            if time.monotonic() >= deadline:
-                raise KServeError(f"{self.ref}: promoted {version} but after {self.promote_timeout_s:g}s {problem}")
-            time.sleep(self.poll_s)
+        self._await_all_traffic(canary, self.promote_timeout_s, f"promoted {version}")
+        log.info("%s: %s takes all the traffic", self.ref, version)
 
     def rollback(self, version: str) -> None:
         isvc = self._get()
@@ -196,46 +234,54 @@ class KServeTarget:
             log.warning("%s: first deployment %s failed: deleting the InferenceService", self.ref, version)
             self._delete()
             return
-        component = _component(isvc)
-        created, ready = component.get("latestCreatedRevision"), component.get("latestReadyRevision")
-        if created and created == ready and created != self._superseded_revision:
-            # The canary revision is up: 0% on it sends everything back to the rolled-out revision.
-            log.warning("%s: rolling back %s: production %s takes all the traffic again", self.ref, version, production)
-            patched = self._patch({"spec": {"predictor": {"canaryTrafficPercent": 0}}})
-        else:
-            # The canary never became ready. While the latest ready revision is the rolled-out one, KServe
-            # reads 0% as "roll back the rolled-out revision" and routes to the one before it, and a late
-            # canary would take over a plain 100%: restoring the production spec is what keeps production.
-            production_uri = annotations.get(PRODUCTION_STORAGE_URI)
-            if not production_uri:
-                raise KServeError(f"{self.ref} does not record the storageUri of production {production}")
-            log.warning("%s: %s never became ready: restoring production %s", self.ref, version, production)
-            restore = self._manifest(production, production_uri, None, production=(production, production_uri))
-            patched = self._patch(restore)
-        self._await_rollback(patched, version, production)
+        log.warning("%s: rolling back %s: restoring production %s", self.ref, version, production)
+        self._restore(isvc, production)
 
-    def _await_rollback(self, patched: dict[str, Any], version: str, production: str) -> None:
-        """Wait until the controller has the rollback and all traffic is on production's revision(s)."""
-        generation = patched.get("metadata", {}).get("generation") or 0
-        canary_revision = _component(patched).get("latestCreatedRevision")
-        deadline = time.monotonic() + self.promote_timeout_s
+    # -- restoring production -------------------------------------------------------------------
+
+    def _restore(self, isvc: dict[str, Any], production: str) -> dict[str, Any]:
+        """Put production's spec back so its new revision is the latest ready one; returns the final object.
+
+        1. production's predictor at 0%: KServe keeps everything on the rolled-out revision (production)
+           while Knative starts a new revision of it; the rejected canary gets nothing.
+        2. once that revision is ready, no percent: it takes all the traffic and is rolled out.
+        """
+        production_uri = _annotations(isvc).get(PRODUCTION_STORAGE_URI)
+        if not production_uri:
+            raise KServeError(f"{self.ref} does not record the storageUri of production {production}")
+        serving = self._production_revision or _component(isvc).get("latestRolledoutRevision")
+        before = _component(isvc).get("latestCreatedRevision")
+        self._patch(self._manifest(production, production_uri, 0, production=(production, production_uri)))
+        deadline = time.monotonic() + self.restore_timeout_s
         while True:
             isvc = self._require()
-            observed = _status(isvc).get("observedGeneration") or 0
-            serving = {t.get("revisionName") for t in _component(isvc).get("traffic") or [] if t.get("percent")}
-            # A restored production spec gets a revision of its own, newer than the canary's.
-            allowed = {self._production_revision} if self._production_revision else serving - {canary_revision}
-            restored = _component(isvc).get("latestCreatedRevision")
-            if _predictor(isvc).get("canaryTrafficPercent") is None and restored != canary_revision:
-                allowed.add(restored)
-            if observed >= generation and serving and serving <= allowed:
-                log.info("%s: %s rolled back; traffic: %s", self.ref, version, _traffic_summary(isvc))
-                return
+            component = _component(isvc)
+            created, ready = component.get("latestCreatedRevision"), component.get("latestReadyRevision")
+            moved = _shares(isvc) == {serving: 100} if serving else sum(_shares(isvc).values()) == 100
+            if moved and created and created != before and created == ready:
+                break
             if time.monotonic() >= deadline:
                 raise KServeError(
-                    f"{self.ref}: rolled back {version}, but after {self.promote_timeout_s:g}s the traffic is "
-                    f"{_traffic_summary(isvc)}, not all on production {production}: check the InferenceService"
+                    f"{self.ref}: restoring production {production}: after {self.restore_timeout_s:g}s the traffic "
+                    f"is {_traffic_summary(isvc)} and the restored revision {created} is "
+                    f"{'ready' if created == ready else 'not ready'}: check the InferenceService"
                 )
+            time.sleep(self.poll_s)
+        restored = created
+        self._patch({"spec": {"predictor": {"canaryTrafficPercent": None}}})
+        isvc = self._await_all_traffic(restored, self.promote_timeout_s, f"restored production {production}")
+        log.info("%s: production %s serves all the traffic again, from %s", self.ref, production, restored)
+        return isvc
+
+    def _await_all_traffic(self, revision: str | None, timeout_s: float, doing: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            isvc = self._require()
+            if revision and _shares(isvc) == {revision: 100} and not self._not_serving(isvc):
+                return isvc
+            if time.monotonic() >= deadline:
+                problem = self._not_serving(isvc) or f"traffic is {_traffic_summary(isvc)}, not all on {revision}"
+                raise KServeError(f"{self.ref}: {doing} but after {timeout_s:g}s {problem}")
             time.sleep(self.poll_s)
 
     # -- the manifest ---------------------------------------------------------------------------
@@ -247,13 +293,19 @@ class KServeTarget:
         predictor: dict[str, Any] = {
             "serviceAccountName": self.service_account,
             "canaryTrafficPercent": percent,
-            "model": {
+            # Exactly one implementation: the merge patch removes the other runtime's.
+            "model": None,
+            "containers": None,
+        }
+        if self.serving_runtime == "custom":
+            predictor["containers"] = [self._custom_container(storage_uri)]
+        else:
+            predictor["model"] = {
                 "modelFormat": {"name": "tensorflow"},
                 "runtimeVersion": self.runtime_version,
                 "storageUri": storage_uri,
                 "resources": self.resources,
-            },
-        }
+            }
         return {
             "apiVersion": f"{GROUP}/{API_VERSION}",
             "kind": "InferenceService",
@@ -272,6 +324,34 @@ class KServeTarget:
             "spec": {"predictor": predictor},
         }
 
+    def _custom_container(self, storage_uri: str) -> dict[str, Any]:
+        """The project's own model server from the step image: the server the local tests exercise."""
+        return {
+            "name": CUSTOM_CONTAINER,
+            "image": self.serving_image,
+            "command": ["fashion-pipeline"],
+            "args": [
+                "serve",
+                "--storage-uri",
+                f"$({STORAGE_URI_ENV})",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(CUSTOM_PORT),
+            ],
+            "env": [{"name": STORAGE_URI_ENV, "value": storage_uri}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+            "ports": [{"containerPort": CUSTOM_PORT, "protocol": "TCP"}],
+            # The model's own readiness, not the server's (`/v2/health/ready` is server-wide).
+            "readinessProbe": {"httpGet": {"path": f"/v2/models/{MODEL_NAME}/ready"}},
+            "resources": self.resources,
+        }
+
+    def manifest(self, version: str, storage_uri: str, percent: int | None = None) -> dict[str, Any]:
+        """The InferenceService a first deployment of `version` creates (for `fashion-pipeline lint`)."""
+        body = self._manifest(version, storage_uri, percent, production=None)
+        body["spec"]["predictor"] = {k: v for k, v in body["spec"]["predictor"].items() if v is not None}
+        return body
+
     def _reconciled(self, isvc: dict[str, Any]) -> dict[str, Any]:
         """The InferenceService once KServe has written a status for it: the deployment mode is only known then."""
         deadline = time.monotonic() + self.promote_timeout_s
@@ -289,10 +369,10 @@ class KServeTarget:
         self._refuse_standard_mode(isvc, "refusing a canary")
         predictor = _predictor(isvc)
         others = [key for key in OTHER_PREDICTORS if key in predictor]
-        if others and "model" not in predictor:
+        if others and "model" not in predictor and "containers" not in predictor:
             raise KServeError(
-                f"{self.ref} uses the old predictor.{others[0]} spec; this rollout manages predictor.model: "
-                "migrate it or delete the InferenceService"
+                f"{self.ref} uses the old predictor.{others[0]} spec; this rollout manages predictor.model or "
+                "predictor.containers: migrate it or delete the InferenceService"
             )
 
     def _refuse_standard_mode(self, isvc: dict[str, Any], doing: str) -> None:
@@ -306,49 +386,44 @@ class KServeTarget:
 
     # -- readiness ------------------------------------------------------------------------------
 
+    def _not_serving(self, isvc: dict[str, Any]) -> str | None:
+        """Why the InferenceService as a whole does not serve (its Ready and PredictorReady conditions)."""
+        conditions = _conditions(isvc)
+        problems = [
+            _describe(kind, conditions.get(kind))
+            for kind in ("Ready", "PredictorReady")
+            if (conditions.get(kind) or {}).get("status") != "True"
+        ]
+        return "; ".join(problems) or None
+
     def _not_ready(self, isvc: dict[str, Any], version: str) -> str | None:
         """Why the latest revision does not (yet) serve `version` with the share we asked for; None when it does."""
         deployed = _annotations(isvc).get(CANARY_VERSION)
         if deployed != version:
             raise KServeError(f"{self.ref} now deploys {deployed or 'something else'}, not {version}")
-        status, component = _status(isvc), _component(isvc)
-        generation, observed = isvc.get("metadata", {}).get("generation"), status.get("observedGeneration")
-        conditions = _conditions(isvc)
-        problems = []
-        # KServe copies Knative's observedGeneration, which can run ahead of ours, never behind once seen.
-        if generation is not None and (observed is None or observed < generation):
-            problems.append(f"generation {generation} not observed yet (observed {observed})")
-        for kind in ("Ready", "PredictorReady"):
-            condition = conditions.get(kind)
-            if condition is None or condition.get("status") != "True":
-                problems.append(_describe(kind, condition))
+        component = _component(isvc)
+        problems = [self._not_serving(isvc)]
         created, ready = component.get("latestCreatedRevision"), component.get("latestReadyRevision")
         if not created or created == self._superseded_revision:
             problems.append("no new revision created yet")
         elif created != ready:
             problems.append(f"latest revision {created} not ready (latest ready: {ready or 'none'})")
-        problem = self._traffic_problem(isvc, created)
-        if problem:
-            problems.append(problem)
-        return "; ".join(problems) or None
+        problems.append(self._traffic_problem(isvc, created))
+        return "; ".join(p for p in problems if p) or None
 
     def _traffic_problem(self, isvc: dict[str, Any], created: str | None) -> str | None:
-        """Is the latest revision's share the one asked for, with the rest on production's revision?"""
+        """Does the latest revision have the share asked for, summed over traffic entries, the rest production's?"""
         percent = _predictor(isvc).get("canaryTrafficPercent")
-        traffic = [t for t in _component(isvc).get("traffic") or [] if t.get("percent")]
-        latest = _latest_traffic(isvc)
-        share = latest.get("percent") if latest and latest.get("revisionName") == created else 0
-        others = {t.get("revisionName") for t in traffic if t is not latest}
-        if percent is None or percent >= 100:
-            wanted, ok = 100, share == 100
-        elif not _annotations(isvc).get(PRODUCTION_VERSION):
-            # A first deployment has nothing to split with: KServe gives it everything.
-            wanted, ok = 100, share == 100 or (share == percent and created not in others)
+        shares = _shares(isvc)
+        rest = {revision for revision, share in shares.items() if share and revision != created}
+        if percent is None or percent >= 100 or not _annotations(isvc).get(PRODUCTION_VERSION):
+            # No percent, or a first deployment: nothing to split with, the revision gets everything
+            # (`latest` N% + `prev` (100-N)% over the same revision, once KServe has rolled it out).
+            wanted, ok = 100, shares.get(created or "", 0) == 100
         else:
             wanted = int(percent)
-            ok = share == percent and bool(others) and created not in others
-            if self._production_revision:
-                ok = ok and others == {self._production_revision}
+            production = {self._production_revision} if self._production_revision else rest
+            ok = shares.get(created or "", 0) == wanted and sum(shares.values()) == 100 and rest <= production
         if ok:
             return None
         return f"traffic is {_traffic_summary(isvc)}, waiting for {created or 'a new revision'} at {wanted}%"
@@ -390,6 +465,7 @@ class KServeTarget:
         return isvc
 
     def _create(self, body: dict[str, Any]) -> None:
+        body = {**body, "spec": {"predictor": {k: v for k, v in body["spec"]["predictor"].items() if v is not None}}}
         self._call("create", "create_namespaced_custom_object", body=body, field_validation="Strict")
 
     def _patch(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +543,17 @@ def _conditions(isvc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in _status(isvc).get("conditions") or []}
 
 
+def _storage_uri(isvc: dict[str, Any]) -> str | None:
+    """The predictor's storageUri, in either runtime: `model.storageUri`, or the custom container's STORAGE_URI."""
+    predictor = _predictor(isvc)
+    if predictor.get("model"):
+        return predictor["model"].get("storageUri")  # type: ignore[no-any-return]
+    for container in predictor.get("containers") or []:
+        if container.get("name") == CUSTOM_CONTAINER:
+            return next((e.get("value") for e in container.get("env") or [] if e.get("name") == STORAGE_URI_ENV), None)
+    return None
+
+
 def _version_of(storage_uri: str | None) -> str | None:
     """A registry version root ends with the version id."""
     if not storage_uri:
@@ -476,18 +563,21 @@ def _version_of(storage_uri: str | None) -> str | None:
 
 def _production(isvc: dict[str, Any]) -> str | None:
     """The version with the production traffic, from how the InferenceService is set up."""
-    predictor = _predictor(isvc)
-    percent = predictor.get("canaryTrafficPercent")
+    percent = _predictor(isvc).get("canaryTrafficPercent")
     if percent is None or percent >= 100:
-        return _version_of((predictor.get("model") or {}).get("storageUri"))
+        return _version_of(_storage_uri(isvc))
     # A canary in flight or rolled back: production is what we recorded (nothing on a first deployment).
     return _annotations(isvc).get(PRODUCTION_VERSION) or None
 
 
 def _production_uri(isvc: dict[str, Any]) -> str | None:
     if _predictor(isvc).get("canaryTrafficPercent") is None:
-        return (_predictor(isvc).get("model") or {}).get("storageUri")
+        return _storage_uri(isvc)
     return _annotations(isvc).get(PRODUCTION_STORAGE_URI) or None
+
+
+def _revision(entry: dict[str, Any] | None) -> str | None:
+    return (entry or {}).get("revisionName")
 
 
 def _latest_traffic(isvc: dict[str, Any]) -> dict[str, Any] | None:
@@ -495,12 +585,24 @@ def _latest_traffic(isvc: dict[str, Any]) -> dict[str, Any] | None:
     return next((t for t in traffic if t.get("latestRevision")), None)
 
 
+def _shares(isvc: dict[str, Any]) -> dict[str, int]:
+    """The revisions with traffic and their shares, summed over the entries naming each (as PropagateStatus does)."""
+    shares: dict[str, int] = {}
+    for entry in _component(isvc).get("traffic") or []:
+        if entry.get("revisionName") and entry.get("percent"):
+            shares[entry["revisionName"]] = shares.get(entry["revisionName"], 0) + int(entry["percent"])
+    return shares
+
+
 def _production_revision(isvc: dict[str, Any]) -> str | None:
-    """The revision with production traffic: the latest with all of it, or the other side of a split."""
-    traffic = _component(isvc).get("traffic") or []
-    if _predictor(isvc).get("canaryTrafficPercent") is None:
-        return _component(isvc).get("latestReadyRevision")
-    return next((t.get("revisionName") for t in traffic if not t.get("latestRevision") and t.get("percent")), None)
+    """The revision with production traffic: the one with all of it, or the rolled-out side of a split."""
+    shares = _shares(isvc)
+    whole = [revision for revision, share in shares.items() if share == 100]
+    if whole:
+        return whole[0]
+    return next(
+        (t.get("revisionName") for t in _component(isvc).get("traffic") or [] if not t.get("latestRevision")), None
+    )
 
 
 def _traffic_summary(isvc: dict[str, Any]) -> str:
