@@ -126,10 +126,15 @@ def parse_manifest(data: bytes) -> Any:
             raise ValueError(f"repeated key(s) {', '.join(repeated)}")
         return dict(pairs)
 
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=unique)
-    except (UnicodeDecodeError, ValueError) as exc:
+        manifest = json.loads(data.decode("utf-8"), object_pairs_hook=unique, parse_constant=no_constant)
+        json.dumps(manifest, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\ud800) is no text
+    except (UnicodeError, ValueError) as exc:
         raise UserError(f"{DROP_MANIFEST} is not valid JSON: {exc}") from exc
+    return manifest
 
 
 def validate_manifest(manifest: Any, folder: str | None = None) -> list[str]:
