@@ -181,7 +181,7 @@ def _fit(
     warmup = max(1, total // 10)
     schedule = keras.optimizers.schedules.CosineDecay(
         params.learning_rate / 10,
-        total - warmup,
+        max(1, total - warmup),  # one step per epoch leaves nothing after the warm-up
         alpha=0.01,
         warmup_target=params.learning_rate,
         warmup_steps=warmup,

@@ -113,3 +113,25 @@ def test_bad_training_parameters_are_user_errors(trained: dict[str, Any]) -> Non
     ]:
         with pytest.raises(UserError, match=message):
             train(trained["dataset"].uri, trained["registry"], params, trained["root"] / "x", code_version="test")
+
+
+def test_one_step_per_epoch_trains(trained: dict[str, Any]) -> None:
+    # 190 images, 5% held out, batch 128: a single step, all of it warm-up.
+    result = train(
+        trained["dataset"].uri,
+        trained["registry"],
+        TrainParams(epochs=1, train_limit=190, seed=3),
+        trained["root"] / "one-step",
+        code_version="test",
+    )
+    assert len(result.history["loss"]) == 1
+
+
+def test_precision_auto_follows_the_cpu_and_an_explicit_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steps import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    assert train_module.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    assert train_module.resolve_precision("auto") == "mixed_bfloat16"
+    assert train_module.resolve_precision("float32") == "float32"
