@@ -3,8 +3,13 @@
 # cert-manager, Knative Serving with Kourier, KServe (Knative mode, for canaries), Argo Workflows and
 # Argo Events from their release manifests, then this repository's argo/ (static manifests first,
 # then the generated ones) with freshly generated credentials. Finally it port-forwards the Argo UI
-# (https://localhost:2746) and the retrain webhook (http://localhost:12000/retrain) in the
-# background; scripts/cluster-down.sh stops them.
+# (https://localhost:2746), the retrain webhook (http://localhost:12000/retrain) and MinIO's S3 API
+# (http://localhost:9000, where data drops land) in the background; scripts/cluster-down.sh stops them.
+#
+# Data drops need nothing more on MinIO's side: the EventSource fashion-drops (argo/drop-events.yaml)
+# subscribes with MinIO's ListenBucketNotification API, which takes the bucket, prefix, suffix and
+# events from the subscriber, so no notification target (`mc event add`, MINIO_NOTIFY_*) is configured;
+# the store's bucket exists (the minio-buckets Job) before the EventSource is applied.
 #
 # Usage: scripts/cluster-up.sh
 # Re-running it is safe: it updates everything and keeps the credentials already in the cluster.
@@ -209,6 +214,21 @@ install_fashion_pipeline() {
   done
 }
 
+# The minio EventSource subscribes once its pod runs; until then a drop would go unnoticed.
+# (The controller labels its pods eventsource-name=<name>; `kubectl wait` fails while there are none yet.)
+wait_for_drop_listener() {
+  local ready="" tries=0
+  log "waiting for the data-drop EventSource (fashion-drops)"
+  until [[ "$ready" == *true* ]]; do
+    tries=$((tries + 1))
+    ((tries <= 120)) ||
+      die "the fashion-drops EventSource did not become ready; see kubectl -n $NAMESPACE logs -l eventsource-name=fashion-drops"
+    sleep 5
+    ready="$(kubectl -n "$NAMESPACE" get pods -l eventsource-name=fashion-drops \
+      -o 'jsonpath={.items[*].status.containerStatuses[*].ready}' 2>/dev/null || true)"
+  done
+}
+
 wait_for_webhook() {
   local ready="" tries=0
   log "waiting for the webhook EventSource"
@@ -271,9 +291,11 @@ main() {
   install_upstream
   install_fashion_pipeline
   wait_for_webhook
+  wait_for_drop_listener
   stop_port_forwards
   port_forward argo-ui argo svc/argo-server 2746:2746
   port_forward webhook "$NAMESPACE" "svc/$WEBHOOK_SERVICE" 12000:12000
+  port_forward minio "$NAMESPACE" svc/minio 9000:9000
   # Knative >= 1.8 serves *.svc.cluster.local on Kourier's internal gateway only (port 80 -> 8081):
   # `predict --url http://localhost:8081 --host-header fashion-mnist-predictor.fashion.svc.cluster.local`.
   port_forward predictor kourier-system svc/kourier-internal 8081:80
@@ -281,6 +303,9 @@ main() {
 fashion-pipeline is up (log: ${LOG#"$REPO"/}).
   Argo UI:   https://localhost:2746 (self-signed certificate)
   Webhook:   http://localhost:12000/retrain   -> scripts/trigger-retrain.sh epochs=2 train_limit=5000
+  Drops:     MinIO on http://localhost:9000 (credentials: Secret fashion-pipeline-s3); deliver a folder with
+             S3_ENDPOINT=http://localhost:9000 fashion-pipeline --store s3://fashion-pipeline drop DIR --id ID
+             and the Sensor fashion-drops submits Workflow drop-ID (argo list -n $NAMESPACE)
   Predict:   fashion-pipeline predict --url http://localhost:8081 --host-header $PREDICTOR_HOST shoe.png
   Build and load the step image first:         scripts/build-image.sh
   Run:       argo submit -n $NAMESPACE --from workflowtemplate/fashion-mnist-train-deploy -p epochs=10 --watch
