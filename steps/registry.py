@@ -32,6 +32,11 @@ ALIAS_RE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 _MANIFEST = "MANIFEST.json"
 
 
+def root_version(root: Store) -> str | None:
+    """The version id a store opened at a version root was published as (None without a manifest)."""
+    return root.read_json(_MANIFEST).get("version") if root.exists(_MANIFEST) else None
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

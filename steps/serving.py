@@ -340,10 +340,13 @@ class BodyCap:
 
 def load_storage_uri(storage_uri: str) -> Loaded:
     """A fixed version from its root (what KServe's `storageUri` names): `<root>/1` is the SavedModel."""
+    from steps.registry import root_version
     from steps.storage import open_store
 
-    version = storage_uri.rstrip("/").rsplit("/", 1)[-1]
-    return _load_warm(version, open_store(storage_uri).local_dir("1"))
+    store = open_store(storage_uri)
+    # A copy of the root (KServe's /mnt/models) no longer ends with the version id: its manifest names it.
+    version = root_version(store) or storage_uri.rstrip("/").rsplit("/", 1)[-1]
+    return _load_warm(version, store.local_dir("1"))
 
 
 def build_model(router: Router, watcher: AliasWatcher | None, poll_seconds: float) -> Any:

@@ -184,7 +184,11 @@ def _needs_jq() -> None:
             [{"cpu": "2", "memory": "8025424Ki"}],
             r"the cluster has 2\.0 CPUs and 7 GiB allocatable; .* at least 6 CPUs and 12 GiB",
         ),
-        ("34", [{"cpu": "3900m", "memory": "6Gi"}, {"cpu": "2", "memory": "8Gi"}], r"the cluster has 5\.9 CPUs and 14 GiB"),
+        (
+            "34",
+            [{"cpu": "3900m", "memory": "6Gi"}, {"cpu": "2", "memory": "8Gi"}],
+            r"the cluster has 5\.9 CPUs and 14 GiB",
+        ),
     ],
     ids=["old Kubernetes", "default minikube", "two nodes, too few CPUs"],
 )

@@ -159,3 +159,21 @@ def test_compiled_template_shape() -> None:
         assert container["resources"]["limits"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["serviceAccountName"] != "default"
+
+
+def test_the_serving_runtime_is_chosen_per_run_and_reaches_the_rollout_command() -> None:
+    spec = manifest()["spec"]
+    arguments = spec["arguments"]["parameters"]
+    templates = {t["name"]: t for t in spec["templates"]}
+    tasks = {t["name"]: t for t in templates["train-deploy"]["dag"]["tasks"]}
+    passed = {p["name"]: p["value"] for p in tasks["rollout"]["arguments"]["parameters"]}
+    args = templates["rollout"]["container"]["args"]
+
+    # Appended: the retrain Sensor maps its parameters by position.
+    assert (arguments[-1]["name"], arguments[-1]["value"], arguments[-1]["enum"]) == (
+        "serving_runtime",
+        "tensorflow",
+        ["tensorflow", "custom"],
+    )
+    assert passed["serving_runtime"] == "{{workflow.parameters.serving_runtime}}"
+    assert args[args.index("--serving-runtime") + 1] == "{{inputs.parameters.serving_runtime}}"

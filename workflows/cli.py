@@ -359,6 +359,16 @@ def rollout(
         ),
     ] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,
+    serving_runtime: Annotated[
+        str,
+        typer.Option(
+            help="kserve target: tensorflow (TF Serving, amd64 images only) or custom (this image's own server)."
+        ),
+    ] = "tensorflow",
+    serving_image: Annotated[
+        str | None,
+        typer.Option(help="kserve target, custom runtime: the image to run (default: the step image)."),
+    ] = None,
     out: OutOption = Path("outputs/rollout"),
 ) -> None:
     """Roll a version out: preflight, canary, probe, then promote or roll back automatically."""
@@ -374,8 +384,15 @@ def rollout(
     chosen: Any = None
     if target == "kserve":
         from steps.targets.kserve import KServeTarget
+        from workflows.templates import IMAGE
 
-        chosen = KServeTarget(namespace=namespace, probe_url=probe_url)
+        chosen = KServeTarget(
+            namespace=namespace,
+            probe_url=probe_url,
+            serving_runtime=serving_runtime,
+            serving_image=serving_image or IMAGE,
+            restore_timeout_s=ready_timeout,
+        )
     else:
         from steps.targets.local import LocalTarget
 

@@ -14,6 +14,7 @@ from hera.workflows import DAG, Parameter, WorkflowTemplate
 from hera.workflows import models as m
 
 from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from steps.targets.kserve import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES
 from steps.train import PRECISIONS, TrainParams
 from workflows import templates, trigger
 
@@ -57,6 +58,12 @@ ARGUMENTS = (
     Argument("store", DEFAULT_STORE, "Where datasets and models live (s3://bucket/prefix or file:///path)"),
     Argument("s3_endpoint", DEFAULT_S3_ENDPOINT, "The MinIO/S3 endpoint of the store"),
     Argument(trigger.ARGUMENT, trigger.MANUAL, "How this run started (JSON, set by its launcher; kept for audit)"),
+    Argument(
+        "serving_runtime",
+        DEFAULT_SERVING_RUNTIME,
+        "Rollout on KServe: tensorflow (TF Serving, amd64 only) or custom (the step image's own server, arm64 too)",
+        SERVING_RUNTIMES,
+    ),
 )
 
 
@@ -130,6 +137,7 @@ def build() -> WorkflowTemplate:
                     "target": _wf("rollout_target"),
                     "canary_percent": _wf("canary_percent"),
                     "reason": _wf("reason"),
+                    "serving_runtime": _wf("serving_runtime"),
                 },
                 when=f"{gated.get_parameter('decision').value} == promote",
             )

@@ -127,7 +127,7 @@ GATE_INPUTS = (
     "tolerance",
     "first_run",
 )
-ROLLOUT_INPUTS = ("model", "dataset", "target", "canary_percent", "reason")
+ROLLOUT_INPUTS = ("model", "dataset", "target", "canary_percent", "reason", "serving_runtime")
 
 
 def fetch_dataset() -> Container:

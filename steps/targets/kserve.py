@@ -9,8 +9,9 @@ What the InferenceService carries, and why:
   the `STORAGE_URI` env is KServe's storage URI for custom predictors (v0.20 `predictor_custom.go`
   GetStorageUri); its storage initializer downloads the version root to /mnt/models and rewrites the
   variable to that path, which the container's args read as `$(STORAGE_URI)`.
-- `serving.kserve.io/deploymentMode: Knative`: KServe's code default is Standard (raw) mode, where
-  `canaryTrafficPercent` is silently ignored. An existing InferenceService in Standard mode is refused.
+- `serving.kserve.io/deploymentMode: Knative`: v0.20's release ConfigMap ships `Serverless` (Knative),
+  but a cluster may default to Standard (raw) mode, the code default, where `canaryTrafficPercent` is
+  silently ignored. An existing InferenceService in Standard mode is refused.
 - `serving.kserve.io/enable-tag-routing: "true"`: the canary gets its own `latest-` URL, so the probe
   measures the candidate alone, never the production share of a split.
 - Our bookkeeping annotations name the production version and its storageUri. KServe copies the
