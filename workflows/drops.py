@@ -260,6 +260,8 @@ class DropWatcher:
                 self.scan()
             except UserError as exc:  # the store may be unreachable for a while: keep watching
                 log.warning("cannot watch %s: %s", self.store.uri_of(INCOMING), exc)
+            except Exception:  # one bad drop must not stop the watching
+                log.exception("watching %s failed; trying again", self.store.uri_of(INCOMING))
             self._stop.wait(self.poll_s)
 
     def scan(self) -> list[Outcome]:
