@@ -130,11 +130,14 @@ def test_an_output_the_step_does_not_write_fails_the_node_with_argos_message(ste
     assert node.message == "open /var/run/argo/outputs/parameters/tmp/outputs/never_written: no such file or directory"
 
 
-def test_a_missing_secret_is_a_clear_error_before_the_container_starts(step_image: str, tmp_path: Path) -> None:
+def test_a_missing_secret_is_a_clear_error_unless_the_store_needs_none(step_image: str, tmp_path: Path) -> None:
     manifest = _probe_workflow("pass", [], runAsNonRoot=True, runAsUser=10001)
     result = Engine(manifest, tmp_path / "runs", runtime=ContainerRuntime("podman", secrets={})).execute()
     assert result.nodes["probe"].phase == "Error"
     assert "AWS_ACCESS_KEY_ID" in result.nodes["probe"].message and "export it" in result.nodes["probe"].message
+    with_file_store = ContainerRuntime("podman", file_store=tmp_path / "store", secrets={})
+    result = Engine(_probe_workflow("pass", [], runAsUser=10001), tmp_path / "runs2", runtime=with_file_store).execute()
+    assert result.phase == "Succeeded", result.nodes["probe"].message
 
 
 def test_a_file_store_is_mounted_at_its_path_and_given_to_the_pods_fs_group(step_image: str, tmp_path: Path) -> None:

@@ -269,7 +269,8 @@ class ContainerRuntime:
         self.name = self.engine
         self.image_override = image
         self.file_store = file_store
-        # The local stand-in for the cluster's Secrets: secret key name -> value.
+        # The local stand-in for the cluster's Secrets: secret key name -> value. A key that is not set
+        # is an error naming it, unless the store is a file store (which needs no credentials).
         self.secrets = secrets if secrets is not None else dict(os.environ)
         self._container: str | None = None
         self._client: subprocess.Popen[bytes] | None = None
@@ -327,7 +328,8 @@ class ContainerRuntime:
                 ref = source["secretKeyRef"]
                 if ref["key"] in self.secrets:
                     env[item["name"]] = self.secrets[ref["key"]]
-                elif not ref.get("optional"):
+                elif not ref.get("optional") and self.file_store is None:
+                    # With a file store the credentials are not needed: the variable stays unset.
                     raise _Refused(
                         f"env {item['name']}: secret {ref.get('name')!r} key {ref['key']!r} is set from the local "
                         f"environment variable {ref['key']}, which is not set: export it (the store's credentials)"
@@ -369,6 +371,7 @@ class ContainerRuntime:
         pod.progress_path.parent.chmod(0o777)  # the pod's user must be able to write its progress
         args += ["--volume", f"{pod.progress_path.parent}:{ARGO_DIR}"]
         if self.file_store is not None:
+            self.file_store.mkdir(parents=True, exist_ok=True)
             args += ["--volume", f"{self.file_store}:{self.file_store}"]
         if pod.working_dir:
             args += ["--workdir", pod.working_dir]
