@@ -24,7 +24,8 @@ from hera.workflows import models as m
 from steps import __version__, hardware
 from workflows import trigger
 
-IMAGE = f"fashion-pipeline/steps:{__version__}"
+# Fully qualified: podman, docker and the kubelet (containerd) resolve it to the same image.
+IMAGE = f"docker.io/fashion-pipeline/steps:{__version__}"
 OUTPUTS = "/tmp/outputs"
 S3_SECRET = "fashion-pipeline-s3"
 ROLLOUT_MUTEX = "fashion-mnist-rollout"
@@ -48,8 +49,8 @@ def _env() -> list[Env | SecretEnv]:
     return [
         Env(name="FASHION_PIPELINE_STORE", value="{{workflow.parameters.store}}"),
         Env(name="FASHION_PIPELINE_WORKFLOW", value="{{workflow.name}}"),
-        Env(name="S3_ENDPOINT", value="{{workflow.parameters.s3_endpoint}}"),
         Env(name=trigger.ENV, value=f"{{{{workflow.parameters.{trigger.ARGUMENT}}}}}"),
+        Env(name="S3_ENDPOINT", value="{{workflow.parameters.s3_endpoint}}"),
         SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=S3_SECRET, secret_key="AWS_ACCESS_KEY_ID"),
         SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=S3_SECRET, secret_key="AWS_SECRET_ACCESS_KEY"),
         Env(name="TF_CPP_MIN_LOG_LEVEL", value="2"),
