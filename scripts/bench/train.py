@@ -22,9 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from steps.dataset import fetch_dataset, mirror_chain
 from steps.evaluate import evaluate
+from steps.hardware import cpu_has_bf16
 from steps.registry import Registry
 from steps.storage import open_store
-from steps.train import TrainParams, train
+from steps.train import TrainParams, resolve_precision, train
 
 
 def run(label: str, params: TrainParams, dataset_uri: str, registry: Registry, scratch: Path) -> dict[str, float]:
@@ -46,6 +47,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-baseline", action="store_true", help="skip the mnist_convnet float32 baseline")
     parser.add_argument("--epochs", type=int, default=TrainParams().epochs)
+    parser.add_argument(
+        "--precisions",
+        default="auto",
+        help="comma-separated training precisions to measure the default config in (e.g. float32,mixed_bfloat16)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -55,6 +61,10 @@ def main() -> None:
         dataset = fetch_dataset(store, mirror_chain(None, os.environ.get("FASHION_MNIST_MIRROR")))
         registry = Registry(store)
         params = replace(TrainParams(), epochs=args.epochs)
+        print(f"CPU bfloat16 (AMX/AVX-512 BF16): {cpu_has_bf16()}; auto trains in {resolve_precision('auto')}")
+        for precision in args.precisions.split(",")[1:]:
+            run(precision[:10], replace(params, precision=precision), dataset.uri, registry, scratch)
+        params = replace(params, precision=args.precisions.split(",")[0])
         ours = run("default", params, dataset.uri, registry, scratch)
         verdict = "PASS" if ours["accuracy"] >= 0.92 and ours["total"] <= 180 else "MISS"
         print(
