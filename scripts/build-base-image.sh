@@ -31,16 +31,9 @@ done
 command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (apt-get install debootstrap)"
 [[ "$(id -u)" == 0 ]] || die "debootstrap needs root: run it as root (or with sudo)"
 
-engine="${CONTAINER_ENGINE:-}"
-if [[ -z "$engine" ]]; then
-  for candidate in podman docker; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" info >/dev/null 2>&1; then
-      engine="$candidate"
-      break
-    fi
-  done
-fi
-[[ -n "$engine" ]] || die "no container engine answers: install and start podman or docker"
+# shellcheck source=scripts/container-engine.sh
+source "$(dirname "${BASH_SOURCE[0]}")/container-engine.sh"
+engine="$(pick_engine podman docker)" || die "no container engine answers: install and start podman or docker"
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT

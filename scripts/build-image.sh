@@ -36,16 +36,9 @@ for arg in "$@"; do
   esac
 done
 
-engine="${CONTAINER_ENGINE:-}"
-if [[ -z "$engine" ]]; then
-  for candidate in docker podman; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" info >/dev/null 2>&1; then
-      engine="$candidate"
-      break
-    fi
-  done
-fi
-[[ -n "$engine" ]] || die "no container engine answers: install and start docker or podman"
+# shellcheck source=scripts/container-engine.sh
+source "$(dirname "${BASH_SOURCE[0]}")/container-engine.sh"
+engine="$(pick_engine docker podman)" || die "no container engine answers: install and start docker or podman"
 
 # The same code version steps/registry.py records when run from a checkout: <version>+g<sha>[.dirty].
 revision="unknown"
