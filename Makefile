@@ -12,11 +12,11 @@ export FASHION_MNIST_MIRROR ?= $(SHARED_MIRROR)
 export FASHION_PIPELINE_SCHEMAS ?= $(wildcard $(CURDIR)/../shared/schemas)
 
 # The TensorFlow of the pinned TF Serving runtimeVersion (steps/targets/kserve.py), in a side
-# environment: tests/test_serving_runtime.py loads the exported SavedModel there as TF Serving would.
+# environment: tests/model/test_serving_runtime.py loads the exported SavedModel there as TF Serving would.
 SERVING_TF_VENV ?= .venv-tf220
 SERVING_TF_STAMP := $(SERVING_TF_VENV)/.installed-tf2.20
 
-.PHONY: run test lint install clean serving-tf
+.PHONY: run test test-fast lint install clean serving-tf
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required (found %s); set PYTHON=python3.11" % sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -46,6 +46,11 @@ test: $(STAMP) $(SERVING_TF_STAMP)
 	$(BIN)/fashion-pipeline render --check
 	$(BIN)/fashion-pipeline lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast lane: pure logic (tests/unit), under a minute; `make test` runs every lane.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SERVING_TF_VENV) outputs

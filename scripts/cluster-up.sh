@@ -31,7 +31,7 @@ KUBERNETES_MIN_MINOR=33             # Knative Serving 1.21 needs Kubernetes >= 1
 
 # The smallest cluster the pipeline schedules on: the upstream components' requests plus the pipeline's
 # peak (a rollout with three predictor revisions: production, canary, restored production) next to
-# MinIO. tests/test_cluster_sizing.py holds the workflow's and the predictor's requests against it.
+# MinIO. tests/unit/test_cluster_sizing.py holds the workflow's and the predictor's requests against it.
 MIN_CPUS=6
 MIN_MEMORY_GIB=12
 

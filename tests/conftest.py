@@ -254,3 +254,11 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything in tests/model trains: it is `slow` (deselect with -m "not slow")."""
+    model_lane = Path(__file__).resolve().parent / "model"
+    for item in items:
+        if model_lane in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)

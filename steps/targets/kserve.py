@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # The `tensorflow/serving` image tag. There is no TF Serving 2.21 (tensorflow/serving#4130): 2.20.0 is
-# the newest release, and tests/test_serving_runtime.py checks that a TF 2.21 export answers under it.
+# the newest release, and tests/model/test_serving_runtime.py checks that a TF 2.21 export answers under it.
 DEFAULT_RUNTIME_VERSION = "2.20.0"
 SERVING_RUNTIMES = ("tensorflow", "custom")
 DEFAULT_SERVING_RUNTIME = "tensorflow"

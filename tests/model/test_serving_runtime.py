@@ -24,9 +24,9 @@ from steps.train import TrainParams, train
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIDE_VENV = Path(os.environ.get("FASHION_PIPELINE_SERVING_TF_VENV") or REPO / ".venv-tf220")
-LOADER = Path(__file__).with_name("tf_serving_loader.py")
+LOADER = REPO / "tests" / "tf_serving_loader.py"
 
 
 def _side_python() -> Path:

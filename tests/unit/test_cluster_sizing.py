@@ -15,7 +15,7 @@ from steps.hardware import CPU_LIMIT_ENV
 from steps.targets.kserve import DEFAULT_RESOURCES
 from workflows import templates
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER_UP = REPO / "scripts" / "cluster-up.sh"
 ARGO = REPO / "argo"
 # What the upstream components request on a kind/minikube node (millicores, MiB), from their release

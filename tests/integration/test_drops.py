@@ -43,7 +43,7 @@ from workflows.render import rendered
 from workflows.validate import lint_paths
 from workflows.webhook import RunQueue
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 LUA = shutil.which("lua5.1") or shutil.which("lua")

@@ -31,7 +31,7 @@ from workflows.payload import (
 from workflows.render import rendered
 from workflows.validate import lint_paths
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
 
@@ -313,8 +313,8 @@ def test_webhook_needs_a_bearer_token_and_caps_the_payload() -> None:
 
 
 def test_event_bus_pins_a_jetstream_version_the_pinned_argo_events_release_offers() -> None:
-    offered = yaml.safe_load((Path(__file__).parent / "upstream" / "argo-events-v1.9.11-jetstream.yaml").read_text())
-    cluster_up = (Path(__file__).parent.parent / "scripts" / "cluster-up.sh").read_text()
+    offered = yaml.safe_load((REPO / "tests" / "upstream" / "argo-events-v1.9.11-jetstream.yaml").read_text())
+    cluster_up = (REPO / "scripts" / "cluster-up.sh").read_text()
     version = events.event_bus()["spec"]["jetstream"]["version"]
 
     assert f"ARGO_EVENTS_VERSION={offered['argoEvents']}" in cluster_up  # the list is the installed release's

@@ -13,7 +13,7 @@ import yaml
 
 from workflows.validate import Problem, SchemasMissing, Validator, lint_paths
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 
 if not SCHEMAS.is_dir() and os.environ.get("CI"):

@@ -20,7 +20,7 @@ import yaml
 from workflows import render, templates, validate
 from workflows.payload import validate_payload
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARGO = REPO / "argo"
 SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))

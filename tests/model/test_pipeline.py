@@ -19,7 +19,7 @@ from steps.storage import open_store
 from workflows.pipeline import NAME, manifest
 from workflows.render import rendered, stale
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 QUICK = ["-p", "train_limit=3000", "-p", "epochs=1", "-p", "min_accuracy=0.5", "-p", "min_class_recall=0"]
 
