@@ -4,12 +4,16 @@ Rules: the candidate must clear an absolute accuracy floor and a per-class recal
 champion it must improve accuracy by at least `min_delta` with an exact McNemar p-value below
 `alpha` — or, with `allow_equal`, be non-inferior within `tolerance`. With no champion the
 explicit `first_run` policy decides. `force` promotes regardless, and needs a reason.
+
+Each rule is a small function in `RULES`: it reads the evidence and its policy field and returns a
+`Check`, or None where it does not apply. A new rule is one function added to `RULES` and one
+field on `Policy`; the record, its reasons and the force override pick it up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from steps.errors import UserError
@@ -45,8 +49,8 @@ class Policy:
             raise UserError("force needs a reason: pass --force-reason 'why this model must ship' (it is recorded)")
 
 
-# The policy values a run sets (force is a CLI-only override, recorded on its own).
-POLICY_FIELDS = ("min_accuracy", "min_class_recall", "min_delta", "alpha", "allow_equal", "tolerance", "first_run")
+# The policy values a run sets: every field but force, a CLI-only override recorded on its own.
+POLICY_FIELDS = tuple(f.name for f in fields(Policy) if f.name not in ("force", "force_reason"))
 
 
 def policy_sources(policy: Policy, operator: Mapping[str, str], launcher: str) -> dict[str, str]:
@@ -67,119 +71,161 @@ def policy_sources(policy: Policy, operator: Mapping[str, str], launcher: str) -
     return sources
 
 
-def _check(name: str, passed: bool, value: Any, threshold: Any, detail: str) -> dict[str, Any]:
-    return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+@dataclass(frozen=True)
+class Check:
+    """One rule's verdict as the decision record keeps it (`detail` is the reason in words)."""
+
+    name: str
+    passed: bool
+    value: Any
+    threshold: Any
+    detail: str
 
 
-def decide(metrics: dict[str, Any], policy: Policy) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules judge: evaluate's metrics, with the values most rules read parsed once."""
+
+    metrics: Mapping[str, Any]
+    accuracy: float
+    recalls: Mapping[str, float]
+    champion: Mapping[str, Any] | None
+    comparison: Mapping[str, Any] | None
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, Any]) -> Evidence:
+        try:
+            candidate = metrics["candidate"]
+            return cls(
+                metrics=metrics,
+                accuracy=float(candidate["accuracy"]),
+                recalls={name: float(c["recall"]) for name, c in candidate["per_class"].items()},
+                champion=metrics.get("champion"),
+                comparison=metrics.get("comparison"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"metrics are missing {exc}: pass the metrics.json written by `fashion-pipeline evaluate`"
+            ) from exc
+
+    @property
+    def worst_class(self) -> str:
+        return min(self.recalls, key=self.recalls.__getitem__)
+
+    @property
+    def against_champion(self) -> bool:
+        return self.champion is not None and self.comparison is not None
+
+    def compared(self, key: str) -> float:
+        """A value of the candidate-vs-champion comparison (only when `against_champion`)."""
+        assert self.comparison is not None
+        return float(self.comparison[key])
+
+    def versus(self) -> str:
+        assert self.champion is not None
+        return f"candidate {self.accuracy:.4f} vs champion {float(self.champion['accuracy']):.4f}"
+
+
+Rule = Callable[[Evidence, Policy], Check | None]
+
+
+def _at_least(passed: bool) -> str:
+    return "≥" if passed else "<"
+
+
+def accuracy_floor(evidence: Evidence, policy: Policy) -> Check:
+    accuracy = evidence.accuracy
+    passed = accuracy >= policy.min_accuracy
+    detail = f"accuracy {accuracy:.4f} {_at_least(passed)} floor {policy.min_accuracy:.4f}"
+    return Check("min_accuracy", passed, accuracy, policy.min_accuracy, detail)
+
+
+def class_recall_floor(evidence: Evidence, policy: Policy) -> Check:
+    worst_class = evidence.worst_class
+    worst = evidence.recalls[worst_class]
+    passed = worst >= policy.min_class_recall
+    detail = (
+        f"lowest per-class recall {worst:.4f} ({worst_class}) {_at_least(passed)} floor {policy.min_class_recall:.4f}"
+    )
+    return Check("min_class_recall", passed, {"class": worst_class, "recall": worst}, policy.min_class_recall, detail)
+
+
+def first_run(evidence: Evidence, policy: Policy) -> Check | None:
+    if evidence.against_champion:
+        return None
+    detail = f"no model in production: the first-run policy is {policy.first_run!r}"
+    return Check("first_run", policy.first_run == "promote", "no champion", policy.first_run, detail)
+
+
+def non_inferiority(evidence: Evidence, policy: Policy) -> Check | None:
+    if not (evidence.against_champion and policy.allow_equal):
+        return None
+    delta = evidence.compared("accuracy_delta")
+    passed = delta >= -policy.tolerance
+    detail = f"{evidence.versus()}: delta {delta:+.4f} {_at_least(passed)} -tolerance {-policy.tolerance:+.4f}"
+    return Check("non_inferior", passed, delta, -policy.tolerance, detail)
+
+
+def improvement(evidence: Evidence, policy: Policy) -> Check | None:
+    if not evidence.against_champion or policy.allow_equal:
+        return None
+    delta = evidence.compared("accuracy_delta")
+    passed = delta >= policy.min_delta and delta > 0
+    detail = (
+        f"{evidence.versus()}: delta {delta:+.4f} "
+        + ("meets" if passed else "does not meet")
+        + f" the required improvement (> 0 and ≥ {policy.min_delta:+.4f})"
+    )
+    return Check("min_delta", passed, delta, policy.min_delta, detail)
+
+
+def significance(evidence: Evidence, policy: Policy) -> Check | None:
+    if not evidence.against_champion or policy.allow_equal:
+        return None
+    assert evidence.comparison is not None
+    p_value = evidence.compared("p_value")
+    passed = p_value < policy.alpha
+    detail = (
+        f"McNemar p={p_value:.4g} {'<' if passed else '≥'} alpha {policy.alpha:g} "
+        f"({evidence.comparison['candidate_only_correct']} images only the candidate gets right, "
+        f"{evidence.comparison['champion_only_correct']} only the champion)"
+    )
+    return Check("significance", passed, p_value, policy.alpha, detail)
+
+
+# In the order the record lists them.
+RULES: tuple[Rule, ...] = (accuracy_floor, class_recall_floor, first_run, non_inferiority, improvement, significance)
+
+
+def decide(metrics: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     """The decision record for the metrics written by `steps.evaluate.evaluate`."""
     policy.check()
-    try:
-        candidate = metrics["candidate"]
-        accuracy = float(candidate["accuracy"])
-        recalls = {name: float(c["recall"]) for name, c in candidate["per_class"].items()}
-        champion = metrics.get("champion")
-        comparison = metrics.get("comparison")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(
-            f"metrics are missing {exc}: pass the metrics.json written by `fashion-pipeline evaluate`"
-        ) from exc
+    evidence = Evidence.of(metrics)
+    checks = [check for rule in RULES if (check := rule(evidence, policy)) is not None]
 
-    floor_met = accuracy >= policy.min_accuracy
-    checks = [
-        _check(
-            "min_accuracy",
-            floor_met,
-            accuracy,
-            policy.min_accuracy,
-            f"accuracy {accuracy:.4f} {'≥' if floor_met else '<'} floor {policy.min_accuracy:.4f}",
-        ),
-    ]
-    worst_class = min(recalls, key=recalls.__getitem__)
-    worst = recalls[worst_class]
-    checks.append(
-        _check(
-            "min_class_recall",
-            worst >= policy.min_class_recall,
-            {"class": worst_class, "recall": worst},
-            policy.min_class_recall,
-            f"lowest per-class recall {worst:.4f} ({worst_class}) "
-            f"{'≥' if worst >= policy.min_class_recall else '<'} floor {policy.min_class_recall:.4f}",
-        )
-    )
-
-    if champion is None or comparison is None:
-        checks.append(
-            _check(
-                "first_run",
-                policy.first_run == "promote",
-                "no champion",
-                policy.first_run,
-                f"no model in production: the first-run policy is {policy.first_run!r}",
-            )
-        )
-    else:
-        delta = float(comparison["accuracy_delta"])
-        p_value = float(comparison["p_value"])
-        vs = f"candidate {accuracy:.4f} vs champion {float(champion['accuracy']):.4f}"
-        if policy.allow_equal:
-            checks.append(
-                _check(
-                    "non_inferior",
-                    delta >= -policy.tolerance,
-                    delta,
-                    -policy.tolerance,
-                    f"{vs}: delta {delta:+.4f} {'≥' if delta >= -policy.tolerance else '<'} "
-                    f"-tolerance {-policy.tolerance:+.4f}",
-                )
-            )
-        else:
-            improved = delta >= policy.min_delta and delta > 0
-            checks.append(
-                _check(
-                    "min_delta",
-                    improved,
-                    delta,
-                    policy.min_delta,
-                    f"{vs}: delta {delta:+.4f} "
-                    + ("meets" if improved else "does not meet")
-                    + f" the required improvement (> 0 and ≥ {policy.min_delta:+.4f})",
-                )
-            )
-            significant = p_value < policy.alpha
-            checks.append(
-                _check(
-                    "significance",
-                    significant,
-                    p_value,
-                    policy.alpha,
-                    f"McNemar p={p_value:.4g} {'<' if significant else '≥'} alpha {policy.alpha:g} "
-                    f"({comparison['candidate_only_correct']} images only the candidate gets right, "
-                    f"{comparison['champion_only_correct']} only the champion)",
-                )
-            )
-
-    failed = [c for c in checks if not c["passed"]]
-    reasons = [c["detail"] for c in failed] or [c["detail"] for c in checks]
+    failed = [c for c in checks if not c.passed]
+    reasons = [c.detail for c in failed] or [c.detail for c in checks]
     decision = "reject" if failed else "promote"
     if policy.force:
         decision = "promote"
-        reasons = [f"forced by operator: {policy.force_reason}"] + [f"overridden: {c['detail']}" for c in failed]
+        reasons = [f"forced by operator: {policy.force_reason}"] + [f"overridden: {c.detail}" for c in failed]
+    champion, comparison = evidence.champion, evidence.comparison
+    worst_class = evidence.worst_class
     return {
         "decision": decision,
         "forced": policy.force,
         "force_reason": policy.force_reason if policy.force else None,
-        "candidate": candidate.get("version"),
+        "candidate": metrics["candidate"].get("version"),
         "champion": champion.get("version") if champion else None,
         "dataset_digest": metrics.get("dataset", {}).get("digest"),
         "values": {
-            "candidate_accuracy": accuracy,
+            "candidate_accuracy": evidence.accuracy,
             "champion_accuracy": float(champion["accuracy"]) if champion else None,
             "accuracy_delta": float(comparison["accuracy_delta"]) if comparison else None,
             "p_value": float(comparison["p_value"]) if comparison else None,
-            "lowest_class_recall": {"class": worst_class, "recall": worst},
+            "lowest_class_recall": {"class": worst_class, "recall": evidence.recalls[worst_class]},
         },
         "policy": asdict(policy),
-        "checks": checks,
+        "checks": [asdict(c) for c in checks],
         "reasons": reasons,
     }
