@@ -31,8 +31,8 @@ done
 command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (apt-get install debootstrap)"
 [[ "$(id -u)" == 0 ]] || die "debootstrap needs root: run it as root (or with sudo)"
 
-# shellcheck source=scripts/container-engine.sh
-source "$(dirname "${BASH_SOURCE[0]}")/container-engine.sh"
+# shellcheck source=scripts/lib/container-engine.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/container-engine.sh"
 engine="$(pick_engine podman docker)" || die "no container engine answers: install and start podman or docker"
 
 root="$(mktemp -d)"

@@ -36,8 +36,8 @@ for arg in "$@"; do
   esac
 done
 
-# shellcheck source=scripts/container-engine.sh
-source "$(dirname "${BASH_SOURCE[0]}")/container-engine.sh"
+# shellcheck source=scripts/lib/container-engine.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/container-engine.sh"
 engine="$(pick_engine docker podman)" || die "no container engine answers: install and start docker or podman"
 
 # The same code version steps/registry.py records when run from a checkout: <version>+g<sha>[.dirty].
