@@ -156,7 +156,7 @@ def _fit_28(gray: np.ndarray) -> np.ndarray:
     height, width = gray.shape
     scale = 28 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = np.asarray(Image.fromarray(gray.astype(np.uint8)).resize(size, Image.LANCZOS), np.float32)
+    resized = np.asarray(Image.fromarray(gray.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS), np.float32)
     canvas = np.zeros((28, 28), np.float32)
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
     canvas[top : top + size[1], left : left + size[0]] = resized

@@ -175,7 +175,8 @@ def _read_file(mirror: str, name: str) -> bytes:
     if parsed.scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S) as response:
-                return response.read()
+                data: bytes = response.read()
+                return data
         except urllib.error.HTTPError as exc:
             raise MirrorError(f"dataset mirror {mirror}: {name}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, OSError) as exc:

@@ -124,9 +124,8 @@ class Registry:
             if not versions:
                 raise UserError(f"the registry at {self.store.uri} has no model versions yet: run train first")
             return versions[-1]
-        if self.store.exists(f"{self._root}/aliases/{ref}.json"):
-            return self.alias(ref)["version"]  # type: ignore[index]
-        return self.require(ref)
+        pointer = self.alias(ref)
+        return str(pointer["version"]) if pointer else self.require(ref)
 
     def version_uri(self, version: str) -> str:
         """The version root: what KServe's `storageUri` points at."""
@@ -134,7 +133,8 @@ class Registry:
 
     def card(self, version: str) -> dict[str, Any]:
         self.require(version)
-        return self.store.read_json(f"{self._version_prefix(version)}/model-card.json")
+        card: dict[str, Any] = self.store.read_json(f"{self._version_prefix(version)}/model-card.json")
+        return card
 
     def local_model_dir(self, version: str) -> Path:
         """A local directory holding the version's SavedModel (downloaded if the store is remote)."""

@@ -96,12 +96,16 @@ def to_images(values: Any, shape: list[int] | None = None) -> np.ndarray:
     return array
 
 
+# A request's answer: probabilities [N, 10] and class ids [N].
+Prediction = tuple[np.ndarray, np.ndarray]
+
+
 @dataclass(frozen=True)
 class Loaded:
     version: str
     serve: Any  # the SavedModel's serving_default
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: np.ndarray) -> Prediction:
         import tensorflow as tf
 
         out = self.serve(image=tf.constant(images))
@@ -120,6 +124,10 @@ def load_version(registry: Registry, version: str) -> Loaded:
     return _load_warm(version, registry.local_model_dir(version))
 
 
+# A request waiting for the inference thread: its model, its images, where its answer goes.
+Waiting = tuple[Loaded, np.ndarray, asyncio.Future[Prediction]]
+
+
 class Batcher:
     """One inference thread; requests waiting while it works are merged into one call per version.
 
@@ -129,7 +137,7 @@ class Batcher:
 
     def __init__(self, max_images: int = 512) -> None:
         self.max_images = max_images
-        self._queue: queue.SimpleQueue[tuple[Loaded, np.ndarray, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Waiting | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
 
     def start(self) -> None:
@@ -138,8 +146,8 @@ class Batcher:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    async def predict(self, loaded: Loaded, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    async def predict(self, loaded: Loaded, images: np.ndarray) -> Prediction:
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
         self._queue.put((loaded, images, future))
         return await future
 
@@ -157,14 +165,14 @@ class Batcher:
                     break
                 pending.append(item)
                 size += len(item[1])
-            by_version: dict[str, list[tuple[Loaded, np.ndarray, asyncio.Future[Any]]]] = {}
+            by_version: dict[str, list[Waiting]] = {}
             for item in pending:
                 by_version.setdefault(item[0].version, []).append(item)
             for group in by_version.values():
                 self._run(group)
 
     @staticmethod
-    def _run(group: list[tuple[Loaded, np.ndarray, asyncio.Future[Any]]]) -> None:
+    def _run(group: list[Waiting]) -> None:
         try:
             images = group[0][1] if len(group) == 1 else np.concatenate([images for _, images, _ in group])
             probabilities, class_id = group[0][0].predict(images)
@@ -186,12 +194,12 @@ class Batcher:
             self._thread.join(timeout_s)
 
 
-def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+def _set_result(future: asyncio.Future[Prediction], result: Prediction) -> None:
     if not future.done():
         future.set_result(result)
 
 
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+def _set_exception(future: asyncio.Future[Prediction], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
 

@@ -6,18 +6,26 @@ pointers such as registry aliases, changed by `replace_bytes` in a single atomic
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import os
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from steps.errors import UserError
+
+if TYPE_CHECKING:
+    from minio import Minio
+    from minio.datatypes import Object
+
+T = TypeVar("T")
 
 _TMP_PREFIX = ".tmp-"
 
@@ -83,7 +91,7 @@ class Store(ABC):
     def replace_json(self, key: str, value: Any) -> None:
         self.replace_bytes(key, _json_bytes(value))
 
-    def upload_dir(self, local: Path, prefix: str) -> list[str]:
+    def upload_dir(self, local: Path, prefix: str) -> builtins.list[str]:  # `list` is a method here
         """Write every file below `local` under `prefix` (write-once); returns the keys written."""
         keys = []
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -210,7 +218,7 @@ class S3Settings:
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str, settings: S3Settings, client: Any = None) -> None:
+    def __init__(self, bucket: str, prefix: str, settings: S3Settings, client: Minio | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.settings = settings
@@ -223,7 +231,7 @@ class S3Store(Store):
     def _name(self, key: str) -> str:
         return f"{self.prefix}/{key}".strip("/") if self.prefix else key
 
-    def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, key: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         from minio.error import S3Error
         from urllib3.exceptions import HTTPError
 
@@ -258,7 +266,7 @@ class S3Store(Store):
     def exists(self, key: str) -> bool:
         return self.version(key) is not None
 
-    def _stat(self, key: str) -> Any:
+    def _stat(self, key: str) -> Object | None:
         try:
             return self._call("stat", key, self._client.stat_object, self.bucket, self._name(key))
         except NotFound:
@@ -271,8 +279,9 @@ class S3Store(Store):
     def user_metadata(self, key: str) -> dict[str, str]:
         stat = self._stat(key)
         prefix = "x-amz-meta-"
-        headers = stat.metadata.items() if stat is not None and stat.metadata else []
-        return {k.lower()[len(prefix) :]: v for k, v in headers if k.lower().startswith(prefix)}
+        if stat is None or not stat.metadata:
+            return {}
+        return {k.lower()[len(prefix) :]: v for k, v in stat.metadata.items() if k.lower().startswith(prefix)}
 
     def list(self, prefix: str = "") -> list[str]:
         name = self._name(prefix)
@@ -304,7 +313,7 @@ class S3Store(Store):
         )
 
 
-def _minio_client(settings: S3Settings) -> Any:
+def _minio_client(settings: S3Settings) -> Minio:
     import urllib3
     from minio import Minio
 

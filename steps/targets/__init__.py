@@ -35,6 +35,9 @@ class Target(Protocol):
     """A serving target: it can say what it serves, take a canary, and promote or roll it back."""
 
     name: str
+    # Which side moves first on promote: True, the registry alias (the target serves what it names);
+    # False, the target (it is the truth, and the alias follows it).
+    follows_registry: bool
 
     def live_version(self) -> str | None:
         """The version serving production traffic now, or None if nothing is deployed."""

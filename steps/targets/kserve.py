@@ -184,7 +184,7 @@ class KServeTarget:
         """Errors are measured, never raised: a canary that cannot even be reached fails its probe."""
         isvc = self._require()
         entry = _latest_traffic(isvc)
-        url = (entry or {}).get("url") or (
+        url: str | None = (entry or {}).get("url") or (
             _status(isvc).get("url") if _shares(isvc) == {_revision(entry): 100} else None
         )
         problem = None
@@ -197,6 +197,7 @@ class KServeTarget:
         if problem:
             log.error("%s", problem)
             return ProbeResult(requests=1, errors=1, correct=0, images=0, error_samples=[problem])
+        assert url, "a canary without a URL is a problem above"
         path = f"/v1/models/{self.isvc_name}:predict"
         if self.probe_url:
             predict_url, headers = f"{self.probe_url}{path}", {"Host": urlsplit(url).netloc}
