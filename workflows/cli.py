@@ -527,7 +527,12 @@ def run(
     with Progress() as progress:
         engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update, runtime=node_runtime)
         shutdown.on_stop(lambda: engine.stop(shutdown.reason))
-        shutdown.on_force(lambda: (engine.terminate(shutdown.reason), kill_descendants()))
+
+        def force() -> None:
+            engine.terminate(shutdown.reason)
+            kill_descendants()
+
+        shutdown.on_force(force)
         result = engine.execute()
     progress.final(result)
     _print_result(result.record(), result.directory, output)
@@ -742,7 +747,12 @@ def webhook(
 
     shutdown = Shutdown("fashion-pipeline webhook").install()
     receiver, runs = _receiver(host, port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline webhook")
-    shutdown.on_force(lambda: (runs.terminate(shutdown.reason), kill_descendants()))
+
+    def force() -> None:
+        runs.terminate(shutdown.reason)
+        kill_descendants()
+
+    shutdown.on_force(force)
     receiver.start()
     requeued = receiver.requeue_unstarted()
     log.info(
@@ -917,9 +927,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.TyperException as exc:  # usage errors (typer vendors click's exceptions)
         if type(exc).__name__ == "NoArgsIsHelpError":
-            print(exc.format_message())  # type: ignore[attr-defined]
+            print(exc.format_message())
         else:
-            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            message = " ".join(exc.format_message().split())
             print(f"fashion-pipeline: {message}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except UserError as exc:
