@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hera.workflows import DAG, Parameter, WorkflowTemplate
+from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
 from hera.workflows import models as m
 
 from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
@@ -110,26 +110,31 @@ def build() -> WorkflowTemplate:
         rollout = templates.rollout()
         templates.report()
 
+        # Hera types a template call for any context (Step | Task | None); in a DAG it is a Task.
         with DAG(name="train-deploy"):
             fetched = fetch_dataset(arguments={"data_url": _wf("data_url")})
+            assert isinstance(fetched, Task)
             trained = train(
                 arguments={
                     "dataset": fetched.get_parameter("dataset_uri").value,
                     **{name: _wf(name) for name in templates.TRAIN_INPUTS if name != "dataset"},
                 }
             )
+            assert isinstance(trained, Task)
             evaluated = evaluate(
                 arguments={
                     "dataset": fetched.get_parameter("dataset_uri").value,
                     "model": trained.get_parameter("model_version").value,
                 }
             )
+            assert isinstance(evaluated, Task)
             gated = gate(
                 arguments={
                     "metrics": evaluated.get_parameter("metrics_uri").value,
                     **{name: _wf(name) for name in templates.GATE_INPUTS if name != "metrics"},
                 }
             )
+            assert isinstance(gated, Task)
             rolled_out = rollout(
                 arguments={
                     "model": gated.get_parameter("model_version").value,
@@ -141,7 +146,9 @@ def build() -> WorkflowTemplate:
                 },
                 when=f"{gated.get_parameter('decision').value} == promote",
             )
-            fetched >> trained >> evaluated >> gated >> rolled_out
+            assert isinstance(rolled_out, Task)
+            # `>>` would do; Hera annotates its chained result as a list `>>` does not accept.
+            fetched.next(trained).next(evaluated).next(gated).next(rolled_out)
     return workflow
 
 

@@ -6,6 +6,8 @@ The command is the same in the container and in the local engine; outputs are fi
 
 from __future__ import annotations
 
+from typing import Any
+
 from hera.workflows import (
     Artifact,
     Container,
@@ -40,7 +42,7 @@ _SECURITY = m.SecurityContext(
 _NETWORK_RETRY = RetryStrategy(
     limit=3,
     retry_policy="Always",
-    backoff=m.Backoff(duration="10s", factor=2, max_duration="5m"),
+    backoff=m.Backoff(duration="10s", factor=m.IntOrString(2), max_duration="5m"),
 )
 
 
@@ -81,7 +83,7 @@ def _args(step: str, *names: str) -> list[str]:
 
 def _cpu_limit_env() -> m.EnvVar:
     """The container's own limits.cpu (downward API): TensorFlow would otherwise size its pools by host cores."""
-    source = m.EnvVarSource(resource_field_ref=m.ResourceFieldSelector(resource="limits.cpu", divisor="1"))
+    source = m.EnvVarSource(resource_field_ref=m.ResourceFieldSelector(resource="limits.cpu", divisor=m.Quantity("1")))
     return m.EnvVar(name=hardware.CPU_LIMIT_ENV, value_from=source)
 
 
@@ -94,7 +96,7 @@ def _step(
     cpu_limit: str | None = None,
     memory_limit: str | None = None,
     env: list[Env | SecretEnv | m.EnvVar] | None = None,
-    **kwargs: object,
+    **kwargs: Any,  # the rest of Container's fields (args, inputs, outputs, ...)
 ) -> Container:
     """A step container; requests are what the scheduler reserves, limits (default: the requests) may be higher."""
     return Container(
@@ -111,7 +113,7 @@ def _step(
             memory_limit=memory_limit or memory,
         ),
         active_deadline_seconds=deadline,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -232,7 +234,9 @@ def rollout() -> Container:
             _out("served_version", default="", global_name="served_version"),
             _report("rollout", "rollout.json"),
         ],
-        retry_strategy=RetryStrategy(limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=2)),
+        retry_strategy=RetryStrategy(
+            limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=m.IntOrString(2))
+        ),
         synchronization=m.Synchronization(mutexes=[m.Mutex(name=ROLLOUT_MUTEX)]),
         service_account_name=ROLLOUT_SERVICE_ACCOUNT,
     )
