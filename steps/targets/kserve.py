@@ -458,7 +458,10 @@ class KServeTarget:
             ) from exc
 
     def _get(self) -> dict[str, Any] | None:
-        return self._call("read", "get_namespaced_custom_object", missing_ok=True, name=self.isvc_name)  # type: ignore[no-any-return]
+        isvc: dict[str, Any] | None = self._call(
+            "read", "get_namespaced_custom_object", missing_ok=True, name=self.isvc_name
+        )
+        return isvc
 
     def _require(self) -> dict[str, Any]:
         isvc = self._get()
@@ -471,7 +474,7 @@ class KServeTarget:
         self._call("create", "create_namespaced_custom_object", body=body, field_validation="Strict")
 
     def _patch(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call(  # type: ignore[no-any-return]
+        patched: dict[str, Any] = self._call(
             "update",
             "patch_namespaced_custom_object",
             name=self.isvc_name,
@@ -479,6 +482,7 @@ class KServeTarget:
             field_validation="Strict",
             _content_type=MERGE_PATCH,
         )
+        return patched
 
     def _delete(self) -> None:
         self._call("delete", "delete_namespaced_custom_object", name=self.isvc_name)
@@ -549,7 +553,8 @@ def _storage_uri(isvc: dict[str, Any]) -> str | None:
     """The predictor's storageUri, in either runtime: `model.storageUri`, or the custom container's STORAGE_URI."""
     predictor = _predictor(isvc)
     if predictor.get("model"):
-        return predictor["model"].get("storageUri")  # type: ignore[no-any-return]
+        uri: str | None = predictor["model"].get("storageUri")
+        return uri
     for container in predictor.get("containers") or []:
         if container.get("name") == CUSTOM_CONTAINER:
             return next((e.get("value") for e in container.get("env") or [] if e.get("name") == STORAGE_URI_ENV), None)
