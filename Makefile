@@ -43,6 +43,7 @@ run: $(STAMP)
 
 test: $(STAMP) $(SERVING_TF_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/fashion-pipeline render --check
 	$(BIN)/fashion-pipeline lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
