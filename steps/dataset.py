@@ -37,7 +37,6 @@ CANONICAL_SHA256 = {
     "test-images": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "test-labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-CANONICAL_COUNTS = {"train": 60000, "test": 10000}
 UPSTREAM_MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
     "https://storage.googleapis.com/tensorflow/tf-keras-datasets",

@@ -313,8 +313,14 @@ class DropWatcher:
         version = version or self.store.version(key) or hashlib.sha256(data).hexdigest()
         manifest, problems = self._check(folder, key, data)
         if problems:
-            record = {"drop_id": folder, "object": object_key(self.store, key), "problems": problems}
-            if self.log.refuse(folder, version, {**record, "manifest": manifest, "received": utc_now()}):
+            refusal = {
+                "drop_id": folder,
+                "object": object_key(self.store, key),
+                "problems": problems,
+                "manifest": manifest,
+                "received": utc_now(),
+            }
+            if self.log.refuse(folder, version, refusal):
                 log.warning("drop %s refused, nothing started: %s", folder, "; ".join(problems))
             else:
                 log.info("drop %s: refused before, for the same %s: nothing started", folder, DROP_MANIFEST)

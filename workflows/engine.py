@@ -94,8 +94,6 @@ _SUPPORTED: dict[str, tuple[set[str], set[str]]] = {
     "synchronization": ({"mutexes"}, set()),
     "env": ({"name", "value", "valueFrom"}, set()),
 }
-_TASK_RESULTS = ("Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "Completed", "Any")
-_FINISHED = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 _VAR = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 # Argo maps the entry node's phase to the workflow's (operator.go, operate): Skipped and Omitted succeed.
 _WORKFLOW_STATUS = {"Succeeded": "Succeeded", "Skipped": "Succeeded", "Omitted": "Succeeded", "Failed": "Failed"}
@@ -246,9 +244,9 @@ def check_supported(manifest: dict[str, Any], honoured: frozenset[str] = frozens
             for env in body.get("env", []):
                 check(env, "env", f"{where}.{kinds[0]}.env[{env.get('name')}]")
                 if "valueFrom" in env and set(env["valueFrom"]) - {"secretKeyRef", "resourceFieldRef"}:
-                    kinds = ", ".join(sorted(set(env["valueFrom"]) - {"secretKeyRef", "resourceFieldRef"}))
+                    sources = ", ".join(sorted(set(env["valueFrom"]) - {"secretKeyRef", "resourceFieldRef"}))
                     raise UnsupportedConstruct(
-                        f"{where}.env[{env['name']}].valueFrom.{kinds}: only secretKeyRef and resourceFieldRef"
+                        f"{where}.env[{env['name']}].valueFrom.{sources}: only secretKeyRef and resourceFieldRef"
                     )
         inputs = template.get("inputs", {})
         check(inputs, "inputs", f"{where}.inputs")
@@ -347,8 +345,8 @@ class _When:
 
     def parse(self) -> Any:
         result = self._or()
-        if self._peek() is not None:
-            raise UserError(f"when {self.text!r}: unexpected {self._peek()[1]!r}")  # type: ignore[index]
+        if (extra := self._peek()) is not None:
+            raise UserError(f"when {self.text!r}: unexpected {extra[1]!r}")
         return result
 
     def _logical(self, op: str, left: Any, right: Any) -> bool:

@@ -112,7 +112,7 @@ def violation_messages(error: ValidationError, body: dict[str, Any], schema: dic
     """One line per violation, naming the field; `schema` is the contract violated (default: the payload's)."""
     field = ".".join(str(part) for part in error.absolute_path)
     known = list((schema or _schema())["properties"])
-    if error.validator == "required":
+    if error.validator == "required" and isinstance(error.validator_value, list):
         return [f"{name}: required" for name in error.validator_value if name not in body]
     if error.validator == "additionalProperties":
         out = []

@@ -200,6 +200,9 @@ def _unknown_field(key: str, known: Iterable[str]) -> str:
     return f"unknown field '{key}'{hint}"
 
 
+_JSON_TYPES: dict[type, str] = {str: "string", dict: "object", list: "array"}
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -209,7 +212,7 @@ def _json_type(value: Any) -> str:
         return "integer"
     if isinstance(value, float):
         return "number"
-    return {str: "string", dict: "object", list: "array"}.get(type(value), type(value).__name__)
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _error_issues(error: ValidationError, at: Loc) -> Iterator[Issue]:
@@ -496,7 +499,7 @@ def _spec_issues(spec: dict[str, Any], needs_entrypoint: bool) -> Iterator[Issue
     yield from _check_variables(_without(spec, "templates", "templateDefaults"), (), _Scope(ws))
     for i, template in _named(spec.get("templates")):
         at: Loc = ("templates", i)
-        dag = _Dag.of(template.get("dag"), (*at, "dag")) if isinstance(template.get("dag"), dict) else None
+        dag = _Dag.of(body, (*at, "dag")) if isinstance(body := template.get("dag"), dict) else None
         yield from _check_io_names(template, at)
         yield from _check_metrics(template.get("metrics"), (*at, "metrics"))
         if dag is not None:
@@ -1095,7 +1098,7 @@ def _check_skipped_outputs(ws: _Workflow, template: dict[str, Any], at: Loc, dag
                         yield issue(loc, producer, parameter, reason, called)
     elif "steps" in template:
         steps = {str(step.get("name")): step for _, _, step in _step_calls(template, at)}
-        readers_at = [(loc, step) for _, loc, step in _step_calls(template, at)]
+        readers_at: list[tuple[Loc, Any]] = [(loc, step) for _, loc, step in _step_calls(template, at)]
         readers_at.append(((*at, "outputs"), template.get("outputs")))
         for node_at, node in readers_at:
             for loc, producer, parameter in _output_reads(node, node_at, "steps"):

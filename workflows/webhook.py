@@ -216,7 +216,7 @@ class WebhookServer:
                 continue
             payload = event.get("payload")
             problems = validate_payload(payload, self.data_url_prefixes) if payload is not None else ["no payload"]
-            if problems:
+            if payload is None or problems:
                 log.warning("event %s is not queued again: %s", event["event_id"], "; ".join(problems))
                 continue
             self.runs.submit(event["run"], payload_to_parameters(payload, self.data_url_prefixes), "webhook", payload)
