@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
+CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 SHARED_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 FILE_NAMES = {
     "train-images": "train-images-idx3-ubyte.gz",

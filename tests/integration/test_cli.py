@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_drop
-
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+from conftest import CLI, write_drop
 
 
 def run(*args: str, cwd: Path, store: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

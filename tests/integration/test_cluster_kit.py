@@ -16,14 +16,13 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from conftest import REPO, SCHEMAS
 
 from workflows import render, templates, validate
 from workflows.payload import validate_payload
 
-REPO = Path(__file__).resolve().parents[2]
 ARGO = REPO / "argo"
 SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))
-SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 PLACEHOLDER = "REPLACED-BY-cluster-up.sh"
 CI = bool(os.environ.get("CI"))
 

@@ -11,19 +11,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FILE_NAMES, S3Server
+from conftest import CLI, FILE_NAMES, S3Server
 
 from workflows import templates
 from workflows.engine import Engine
 from workflows.runtime import ContainerRuntime
 
 BASE_IMAGE = "localhost/fashion-pipeline/python:3.11-bookworm"
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 
 
 def _image_present(image: str) -> bool:

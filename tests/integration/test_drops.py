@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import FILE_NAMES, S3Server, write_drop
+from conftest import CLI, FILE_NAMES, REPO, SCHEMAS, S3Server, write_drop
 
 from steps.dataset import check_drop
 from steps.registry import Registry
@@ -43,9 +42,6 @@ from workflows.render import rendered
 from workflows.validate import lint_paths
 from workflows.webhook import RunQueue
 
-REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 LUA = shutil.which("lua5.1") or shutil.which("lua")
 TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
 # A 200-image synthetic drop trains in seconds; the operator lowers the floors for it (`up -p`).

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import ServerProcess, TrainedStore
+from conftest import CLI, ServerProcess, TrainedStore
 
 from steps.registry import Registry
 from steps.rollout import RolloutError, RolloutPolicy, rollout
@@ -20,7 +18,6 @@ from steps.storage import open_store
 from steps.targets.local import LocalTarget
 
 PREDICT = "/v1/models/fashion-mnist:predict"
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+from conftest import CLI
 
 # The step reports progress as Argo documents it: `k/N` as the file's last line (a status line above).
 COUNT = """

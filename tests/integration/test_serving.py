@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import ServerProcess, TrainedStore
+from conftest import CLI, ServerProcess, TrainedStore
 
 from steps.client import PredictionClient, load_image
 from steps.dataset import CLASS_NAMES
@@ -25,7 +23,6 @@ from steps.registry import Registry
 from steps.serving import MAX_BATCH, MAX_BODY_BYTES
 from steps.storage import open_store
 
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 PREDICT = "/v1/models/fashion-mnist:predict"
 
 

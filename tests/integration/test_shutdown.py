@@ -22,9 +22,8 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from conftest import free_port
+from conftest import CLI, free_port
 
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LONG_TRAINING = {"train_limit": 3000, "epochs": 30}  # far longer than any test waits for it

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
-from conftest import free_port
+from conftest import CLI, free_port
 
 from steps.registry import Registry
 from steps.storage import open_store
 
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 OPERATOR = ["-p", "min_accuracy=0", "-p", "min_class_recall=0"]
 
 

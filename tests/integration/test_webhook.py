@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import CLI
 
 from steps.registry import Registry
 from steps.storage import open_store
@@ -31,7 +30,6 @@ from workflows.platform import Scheduler
 from workflows.webhook import EventLog, RunQueue, WebhookServer
 
 TOKEN = "s3cret-token-for-tests"
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 QUICK = {"train_limit": 2000, "epochs": 1}
 # A 2000-image model is far below the default floors: the operator lowers them, as `up -p` does.
 OPERATOR = {"min_accuracy": "0", "min_class_recall": "0"}

@@ -7,20 +7,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import CLI, REPO
 
 from steps.registry import Registry
 from steps.storage import open_store
 from workflows.pipeline import NAME, manifest
 from workflows.render import rendered, stale
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 QUICK = ["-p", "train_limit=3000", "-p", "epochs=1", "-p", "min_accuracy=0.5", "-p", "min_class_recall=0"]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from steps.dataset import fetch_dataset, load_dataset
 from steps.model import load_serving_function
@@ -24,7 +25,6 @@ from steps.train import TrainParams, train
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SIDE_VENV = Path(os.environ.get("FASHION_PIPELINE_SERVING_TF_VENV") or REPO / ".venv-tf220")
 LOADER = REPO / "tests" / "tf_serving_loader.py"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from steps.hardware import CPU_LIMIT_ENV
 from steps.targets.kserve import DEFAULT_RESOURCES
 from workflows import templates
 
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER_UP = REPO / "scripts" / "cluster-up.sh"
 ARGO = REPO / "argo"
 # What the upstream components request on a kind/minikube node (millicores, MiB), from their release

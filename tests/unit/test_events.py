@@ -7,11 +7,11 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO, SCHEMAS
 
 from steps.errors import UserError
 from steps.gate import POLICY_FIELDS, Policy
@@ -31,8 +31,6 @@ from workflows.payload import (
 from workflows.render import rendered
 from workflows.validate import lint_paths
 
-REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
 
 MINIMAL = {"event_id": "drop-1"}

@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import SCHEMAS
 
 from workflows.validate import Problem, SchemasMissing, Validator, lint_paths
-
-REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 
 if not SCHEMAS.is_dir() and os.environ.get("CI"):
     raise RuntimeError(f"CI needs the pinned schemas at {SCHEMAS}: set FASHION_PIPELINE_SCHEMAS")
