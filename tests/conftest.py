@@ -22,6 +22,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
+# Every node of the WorkflowTemplate, after a run that promotes.
+PROMOTED_PHASES = {
+    "fetch-dataset": "Succeeded",
+    "train": "Succeeded",
+    "evaluate": "Succeeded",
+    "gate": "Succeeded",
+    "rollout": "Succeeded",
+    "onExit": "Succeeded",
+}
 SHARED_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 FILE_NAMES = {
     "train-images": "train-images-idx3-ubyte.gz",

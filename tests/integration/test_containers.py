@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, FILE_NAMES, S3Server
+from conftest import CLI, FILE_NAMES, PROMOTED_PHASES, S3Server
 
 from workflows import templates
 from workflows.engine import Engine
@@ -195,14 +195,7 @@ def test_the_quick_pipeline_runs_twice_in_the_image_promotes_then_rejects(
     nodes = {n["name"]: n for n in record["nodes"]}
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert record["phase"] == "Succeeded"
-    assert {n: nodes[n]["phase"] for n in nodes} == {
-        "fetch-dataset": "Succeeded",
-        "train": "Succeeded",
-        "evaluate": "Succeeded",
-        "gate": "Succeeded",
-        "rollout": "Succeeded",
-        "onExit": "Succeeded",
-    }
+    assert {n: nodes[n]["phase"] for n in nodes} == PROMOTED_PHASES
     out = {n: nodes[n]["outputs"]["parameters"] for n in nodes}
     assert out["fetch-dataset"]["dataset_uri"].startswith(f"s3://{bucket}/store/datasets/fashion-mnist/")
     version = out["train"]["model_version"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import CLI, FILE_NAMES, REPO, SCHEMAS, S3Server, write_drop
+from lua_harness import LUA, lua_value, run_lua
 
 from steps.dataset import check_drop
 from steps.registry import Registry
@@ -42,7 +42,6 @@ from workflows.render import rendered
 from workflows.validate import lint_paths
 from workflows.webhook import RunQueue
 
-LUA = shutil.which("lua5.1") or shutil.which("lua")
 TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
 # A 200-image synthetic drop trains in seconds; the operator lowers the floors for it (`up -p`).
 QUICK = ["-p", "epochs=1", "-p", "batch_size=64", "-p", "architecture=small-cnn", "-p", "precision=float32"]
@@ -376,31 +375,15 @@ def minio_record(
     }
 
 
-def _lua_value(value: Any) -> str:
-    """A Lua literal of a decoded JSON value, as Argo Events builds the script's `event` table."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(float(value))
-    if isinstance(value, str):
-        return drop_events.events.lua_string(value)
-    if isinstance(value, list):
-        return "{" + ", ".join(_lua_value(v) for v in value) + "}"
-    items = (f"[{drop_events.events.lua_string(k)}] = {_lua_value(v)}" for k, v in value.items() if v is not None)
-    return "{" + ", ".join(items) + "}"
-
-
 def lua_accepts(records: list[dict[str, Any]], store_uri: str = pipeline.DEFAULT_STORE) -> list[bool]:
-    assert LUA is not None, "CI needs lua5.1 (apt-get install lua5.1)"
     script = drop_events.lua_filter(store_uri=store_uri)
-    cases = ",\n".join(_lua_value({"notification": [record], "metadata": None}) for record in records)
+    cases = ",\n".join(lua_value({"notification": [record], "metadata": None}) for record in records)
     program = (
         f"local function filter()\n{script}end\n"
         f"local cases = {{\n{cases}\n}}\n"
         "for i = 1, #cases do event = cases[i]; print(tostring(filter() == true)) end\n"
     )
-    result = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=30, check=True)
-    return [line == "true" for line in result.stdout.split()]
+    return run_lua(program)
 
 
 def _python_accepts(record: dict[str, Any], bucket: str = "fashion-pipeline") -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CLI, REPO
+from conftest import CLI, PROMOTED_PHASES, REPO
 
 from steps.registry import Registry
 from steps.storage import open_store
@@ -45,14 +45,7 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     assert first.returncode == 0, first.stderr
     run = record(workdir, "first")
     assert run["phase"] == "Succeeded"
-    assert phases(run) == {
-        "fetch-dataset": "Succeeded",
-        "train": "Succeeded",
-        "evaluate": "Succeeded",
-        "gate": "Succeeded",
-        "rollout": "Succeeded",
-        "onExit": "Succeeded",
-    }
+    assert phases(run) == PROMOTED_PHASES
     registry = Registry(open_store(str(workdir / "store")))
     production = registry.alias("production")
     assert production is not None and production["version"] == run["outputs"]["parameters"]["model_version"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO, SCHEMAS
+from lua_harness import LUA, lua_value, run_lua
 
 from steps.errors import UserError
 from steps.gate import POLICY_FIELDS, Policy
@@ -322,37 +322,15 @@ def test_event_bus_pins_a_jetstream_version_the_pinned_argo_events_release_offer
 
 # -- the Lua script filter, run by a real Lua 5.1 (gopher-lua implements Lua 5.1) ------------------
 
-LUA = shutil.which("lua5.1") or shutil.which("lua")
 needs_lua = pytest.mark.skipif(
     LUA is None and not os.environ.get("CI"), reason="lua5.1 is not installed (apt-get install lua5.1)"
 )
 
 
-def _lua_value(value: Any) -> str:
-    """A Lua literal of a decoded JSON value, as Argo Events builds the script's `event` table."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(float(value))
-    if isinstance(value, str):
-        return events.lua_string(value)
-    if isinstance(value, list):
-        return "{" + ", ".join(_lua_value(v) for v in value) + "}"
-    # Objects: Argo Events drops nil values (mapToTable has no case for them).
-    items = (f"[{events.lua_string(k)}] = {_lua_value(v)}" for k, v in value.items() if v is not None)
-    return "{" + ", ".join(items) + "}"
-
-
-def _run_lua(program: str) -> list[bool]:
-    assert LUA is not None, "CI needs lua5.1 (apt-get install lua5.1)"
-    result = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=30, check=True)
-    return [line == "true" for line in result.stdout.split()]
-
-
 def _lua_filter_accepts(bodies: list[Any]) -> list[bool]:
     assert LUA is not None, "CI needs lua5.1 (apt-get install lua5.1)"
     script = events.lua_filter(load_payload_schema())
-    cases = ",\n".join(f"{{header = {{}}, body = {_lua_value(body)}}}" for body in bodies)
+    cases = ",\n".join(f"{{header = {{}}, body = {lua_value(body)}}}" for body in bodies)
     program = (
         f"local function filter()\n{script}end\n"
         f"local cases = {{\n{cases}\n}}\n"
@@ -411,7 +389,7 @@ def test_lua_data_url_check_matches_the_receivers(prefixes: tuple[str, ...]) -> 
         f"do local v = {events.lua_string(s)}; print(tostring(({condition}) == true)) end\n" for s in samples
     )
 
-    assert _run_lua(program) == [data_url_problem(s, prefixes) is None for s in samples]
+    assert run_lua(program) == [data_url_problem(s, prefixes) is None for s in samples]
 
 
 @needs_lua
