@@ -60,10 +60,10 @@ class Pod:
 
 @dataclass
 class Exit:
-    """How an attempt ended: an exit code, or a reason it was cut short (deadline, stop, refusal)."""
+    """How an attempt ended: an exit code, or why it was cut short (its deadline, or a refusal to start)."""
 
     code: int | None = None
-    reason: str = ""  # "deadline" | "stopped" | "error"
+    reason: str = ""  # "deadline" | "error"
     message: str = ""
 
 
@@ -236,13 +236,6 @@ def find_container_engine(requested: str) -> str:
             return candidate
     wanted = " or ".join(candidates)
     raise UserError(f"--runtime {requested}: {wanted} is not installed (or use --runtime process)")
-
-
-@dataclass(frozen=True)
-class StoreMount:
-    """How the node reaches the store: a file store is bind-mounted at the same path."""
-
-    host_path: Path | None  # set for file:// stores
 
 
 class ContainerRuntime:
