@@ -105,6 +105,13 @@ class Evaluation:
     record_uri: str  # the write-once copy of the metrics in the registry, which gate reads
 
 
+def resolve_champion(registry: Registry, champion: str) -> str | None:
+    """The champion's version: 'none' skips the comparison, and 'production' before any promotion is none."""
+    if champion == "none" or (champion == "production" and registry.alias("production") is None):
+        return None
+    return registry.resolve(champion)
+
+
 def evaluate(
     dataset_uri: str,
     registry: Registry,

@@ -12,11 +12,14 @@ field on `Policy`; the record, its reasons and the force override pick it up.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
+from steps.registry import Registry
 
 FIRST_RUN_POLICIES = ("promote", "reject")
 TEMPLATE_DEFAULT = "template default"
@@ -229,3 +232,49 @@ def decide(metrics: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
         "checks": [asdict(c) for c in checks],
         "reasons": reasons,
     }
+
+
+def read_metrics(location: str) -> Any:
+    """evaluate's metrics from a metrics.json path, or from its record's URI in the store."""
+    if "://" in location:
+        from steps.storage import open_store
+
+        parent, _, name = location.rpartition("/")
+        return open_store(parent).read_json(name)
+    try:
+        return json.loads(Path(location).read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"metrics file {location} not found: run `fashion-pipeline evaluate` first") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"metrics file {location} is not valid JSON ({exc})") from exc
+
+
+def gate(
+    registry: Registry,
+    metrics: dict[str, Any],
+    policy: Policy,
+    out_dir: Path,
+    audit: Mapping[str, Any],
+    operator: Mapping[str, str],
+) -> dict[str, Any]:
+    """The gate step: decide, keep the decision with the candidate's version, write decision.json and the model card.
+
+    `audit` (the workflow and the trigger that started it) goes into the record; `operator` holds
+    the `-p` values the launcher recorded, so the record says where each policy value came from.
+    """
+    from steps.report import data_lines, model_card_markdown
+
+    record = decide(metrics, policy)
+    record.update(audit)
+    launcher = str((audit.get("trigger") or {}).get("via"))
+    record["policy_sources"] = policy_sources(policy, operator, launcher)
+    candidate = record["candidate"]
+    if candidate:
+        registry.add_record(candidate, "decisions", record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "decision.json").write_text(json.dumps(record, indent=2) + "\n")
+    card = registry.card(candidate) if candidate else {}
+    champion = (metrics.get("champion") or {}).get("version")
+    data = data_lines(registry, candidate, champion) if candidate else None
+    (out_dir / "model-card.md").write_text(model_card_markdown(card, metrics, record, data))
+    return record

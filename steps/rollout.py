@@ -28,7 +28,6 @@ from steps.registry import Registry
 from steps.targets import Target
 
 log = logging.getLogger(__name__)
-TARGETS = ("local", "kserve")
 PREFLIGHT_MIN_ACCURACY = 0.5
 
 

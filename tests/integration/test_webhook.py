@@ -215,7 +215,7 @@ def test_operator_parameters_apply_to_webhook_and_scheduled_runs_of_up(
     """The queue `up` builds from `-p`: a webhook run and a scheduled run both get the operator's policy."""
     monkeypatch.setenv("FASHION_PIPELINE_WEBHOOK_TOKEN", TOKEN)
     monkeypatch.setattr(cli.STATE, "store_uri", str(tmp_path / "store"))
-    server, runs = cli._receiver(
+    server, runs = cli.platform.receiver(
         "127.0.0.1", 0, None, tmp_path / "runs", ["min_accuracy=0.5", "epochs=1"], None, "fashion-pipeline up"
     )
     runs.close()  # queue, run nothing: this is about the arguments each run gets

@@ -19,8 +19,10 @@ from typing import Annotated, Any
 import typer
 
 from steps.errors import UserError
+from workflows.cli.app import app
 
 runs_app = typer.Typer(help="Local runs: list, get, logs, delete (like the argo CLI).", no_args_is_help=True)
+app.add_typer(runs_app, name="runs", rich_help_panel="Registry and runs")
 
 FOLLOW_POLL_S = 0.5
 _MARK = {"Succeeded": "✔", "Failed": "✖", "Error": "⚠", "Running": "●", "Skipped": "○", "Omitted": "-", "Pending": "◷"}

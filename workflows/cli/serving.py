@@ -1,0 +1,88 @@
+"""The model server and its client: `serve` and `predict`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from steps.errors import UserError
+from workflows.cli.app import app, open_registry
+
+PANEL = "Serving"
+
+
+@app.command(rich_help_panel=PANEL)
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (only this machine by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    poll: Annotated[float, typer.Option(help="Seconds between checks of the registry's aliases.")] = 2.0,
+    storage_uri: Annotated[
+        str, typer.Option(help="Serve this one version root instead of the registry's aliases (as KServe does).")
+    ] = "",
+    precision: Annotated[
+        str, typer.Option(help="Inference precision: auto (bfloat16 where the CPU has it), bfloat16, float32.")
+    ] = "auto",
+    inference_threads: Annotated[int, typer.Option(help="TensorFlow intra-op threads (0 = all cores).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    workers: Annotated[
+        int, typer.Option(help="Server processes sharing the port, each with its own copy of the model.")
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics).
+
+    SIGTERM or Ctrl-C: readiness off, requests in flight answered, port freed; a second signal forces.
+    """
+    from workflows.shutdown import Shutdown
+
+    shutdown = Shutdown("serve").install()
+    registry = None
+    if not storage_uri:
+        registry = open_registry()
+        if registry.alias("production") is None:
+            raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
+    if workers > 1:
+        from workflows.serve_workers import supervise, worker_argv
+
+        if not supervise(worker_argv(sys.argv), workers, shutdown):
+            raise typer.Exit(1)
+        return
+    sys.argv = sys.argv[:1]  # `import kserve` parses the command line
+    from steps.serving import build_server
+
+    server = build_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log, reuse_port)
+    shutdown.on_stop(server.stop)
+    shutdown.on_force(server.force)
+    server.run()
+    if shutdown.forced.is_set():
+        raise typer.Exit(1)
+
+
+@app.command(rich_help_panel=PANEL)
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files, any size.")],
+    url: Annotated[str, typer.Option(help="The model server or InferenceService URL.")] = "http://127.0.0.1:8080",
+    protocol: Annotated[str, typer.Option(help="v1 (TF Serving JSON) or v2 (Open Inference Protocol).")] = "v1",
+    host_header: Annotated[
+        str | None, typer.Option(help="Host header, for an InferenceService behind an ingress.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 10.0,
+) -> None:
+    """Classify images with a running model server; prints class and probability per image."""
+    import numpy as np
+
+    from steps.client import PredictionClient, load_image
+
+    batch = np.stack([load_image(path) for path in images])
+    client = PredictionClient(url, protocol=protocol, timeout=timeout, host_header=host_header)
+    predictions = client.predict(batch)
+    width = max(len(str(path)) for path in images)
+    typer.echo(f"{'image':<{width}}  {'class':<12} {'probability':>11}  version")
+    for path, prediction in zip(images, predictions, strict=True):
+        typer.echo(
+            f"{path!s:<{width}}  {prediction.class_name:<12} {prediction.probability:>11.4f}  "
+            f"{prediction.version or '-'}"
+        )

@@ -1,0 +1,319 @@
+"""The pipeline's steps (fetch, train, evaluate, gate, rollout, report), each run as its workflow container runs it.
+
+Each writes its Argo output parameters as files into `--out` next to its reports, logs progress
+on stderr, and prints a summary on stdout. The logic is in `steps/`; these only translate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from steps import hardware
+from steps.errors import UserError
+from workflows.cli.app import (
+    STATE,
+    OutOption,
+    YesNo,
+    app,
+    echo_summary,
+    log,
+    open_registry,
+    open_store,
+    workflow_name,
+    write_outputs,
+)
+
+PANEL = "Pipeline steps"
+
+
+def _started() -> dict[str, Any]:
+    """How this run started, for the audit fields of the records (see workflows/trigger.py)."""
+    from workflows import trigger
+
+    return trigger.read(os.environ.get(trigger.ENV))
+
+
+@app.command(rich_help_panel=PANEL)
+def fetch(
+    data_url: Annotated[
+        str, typer.Option(help="A custom drop or mirror tried first: http(s)://, file://, s3:// or a path.")
+    ] = "",
+    out: OutOption = Path("outputs/fetch"),
+) -> None:
+    """Fetch Fashion-MNIST from the first valid mirror into the store (once per digest)."""
+    from steps.dataset import fetch_dataset, mirror_chain
+    from steps.lineage import lineage_record, write_lineage
+    from workflows import trigger
+
+    mirrors = mirror_chain(data_url or None, os.environ.get("FASHION_MNIST_MIRROR"))
+    store = open_store()
+    result = fetch_dataset(store, mirrors)
+    started = _started() if os.environ.get(trigger.ENV) else {"by": "cli", "via": "fetch"}
+    lineage = lineage_record(result, data_url or None, workflow_name(), started)
+    lineage_uri = write_lineage(store, lineage)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+    values = {
+        "dataset_uri": result.uri,
+        "dataset_digest": result.digest,
+        "cache_hit": "true" if result.cache_hit else "false",
+        "canonical": "true" if result.canonical else "false",
+        "source": result.source,
+    }
+    write_outputs(out, values)
+    drop = lineage["drop"] or {}
+    echo_summary(
+        {
+            **values,
+            "counts": f"{result.counts['train']} train, {result.counts['test']} test",
+            **({"drop": drop.get("drop_id", "unreadable drop.json")} if lineage["drop"] else {}),
+            "lineage": lineage_uri,
+        }
+    )
+
+
+def _default_dataset(dataset: str) -> str:
+    if dataset:
+        return dataset
+    from steps.dataset import canonical_dataset_uri
+
+    uri = canonical_dataset_uri(open_store())
+    if uri is None:
+        raise UserError(f"no dataset in {STATE.store_uri}: run `fashion-pipeline fetch` first or pass --dataset")
+    return uri
+
+
+DatasetOption = Annotated[
+    str, typer.Option(help="Dataset URI written by fetch (default: the canonical dataset in the store).")
+]
+
+
+@app.command(rich_help_panel=PANEL)
+def train(
+    dataset: DatasetOption = "",
+    epochs: Annotated[int | None, typer.Option(help="Passes over the train split (default 8).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step (default 128).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.003).")] = None,
+    seed: int = 42,
+    architecture: Annotated[str | None, typer.Option(help="fast-cnn, wide-cnn or small-cnn.")] = None,
+    train_limit: Annotated[int, typer.Option(help="Train on this many images (0 = all).")] = 0,
+    precision: Annotated[str | None, typer.Option(help="auto, mixed_bfloat16 or float32.")] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            envvar=hardware.CPU_LIMIT_ENV,
+            help="TensorFlow threads (0 = one per host core); in a pod, its limits.cpu through the downward API.",
+        ),
+    ] = 0,
+    out: OutOption = Path("outputs/train"),
+) -> None:
+    """Train the CNN, export a SavedModel and publish it as a new registry version."""
+    from steps.registry import code_version
+    from steps.train import TrainParams
+    from steps.train import train as run_train
+
+    defaults = TrainParams()
+    params = TrainParams(
+        epochs=defaults.epochs if epochs is None else epochs,
+        batch_size=defaults.batch_size if batch_size is None else batch_size,
+        learning_rate=defaults.learning_rate if learning_rate is None else learning_rate,
+        seed=seed,
+        architecture=architecture or defaults.architecture,
+        train_limit=train_limit,
+        precision=precision or defaults.precision,
+    )
+    params.check()
+    result = run_train(
+        _default_dataset(dataset),
+        open_registry(),
+        params,
+        out,
+        code_version(),
+        workflow_name(),
+        _epoch_progress(),
+        threads,
+    )
+    values = {"model_version": result.version, "model_uri": result.version_uri}
+    write_outputs(out, values)
+    final = {k: v[-1] for k, v in result.history.items() if v}
+    echo_summary(
+        {**values, "train_seconds": f"{result.train_seconds:.1f}", **{k: f"{v:.4f}" for k, v in final.items()}}
+    )
+
+
+def _epoch_progress() -> Any:
+    """Epochs as progress `k/N`, with the latest validation accuracy, when Argo or the engine asks for it."""
+    from workflows.node_watch import PROGRESS_ENV, write_progress
+
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return None
+
+    def report(done: int, epochs: int, metrics: dict[str, float]) -> None:
+        accuracy = metrics.get("val_accuracy")
+        status = f"epoch {done}/{epochs}" + (f", val accuracy {accuracy:.4f}" if accuracy is not None else "")
+        try:
+            write_progress(path, done, epochs, status)
+        except OSError as exc:  # progress is for watchers: training goes on without it
+            log.debug("cannot write progress to %s: %s", path, exc)
+
+    return report
+
+
+@app.command(rich_help_panel=PANEL)
+def evaluate(
+    dataset: DatasetOption = "",
+    model: Annotated[str, typer.Option(help="Candidate: a version id, an alias, or 'latest'.")] = "latest",
+    champion: Annotated[
+        str, typer.Option(help="Champion: a version id or alias; 'none' to skip (default: production).")
+    ] = "production",
+    out: OutOption = Path("outputs/evaluate"),
+) -> None:
+    """Evaluate the candidate and the champion on the test split; compare them with McNemar's test."""
+    from steps.evaluate import evaluate as run_evaluate
+    from steps.evaluate import resolve_champion
+
+    registry = open_registry()
+    candidate = registry.resolve(model)
+    champion_version = resolve_champion(registry, champion)
+    evaluation = run_evaluate(_default_dataset(dataset), registry, candidate, champion_version, out)
+    metrics = evaluation.metrics
+    values = {
+        "metrics_uri": evaluation.record_uri,
+        "accuracy": str(metrics["candidate"]["accuracy"]),
+        "champion_version": champion_version or "",
+        "champion_accuracy": str(metrics["champion"]["accuracy"]) if metrics["champion"] else "",
+        "p_value": str(metrics["comparison"]["p_value"]) if metrics["comparison"] else "",
+    }
+    write_outputs(out, values)
+    echo_summary({"candidate": candidate, **values, "report": out / "metrics.json"})
+
+
+@app.command(rich_help_panel=PANEL)
+def gate(
+    metrics: Annotated[
+        str, typer.Option(help="evaluate's metrics: a metrics.json path, or its record's URI in the store.")
+    ] = "outputs/evaluate/metrics.json",
+    min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.90,
+    min_class_recall: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.60,
+    min_delta: Annotated[float, typer.Option(min=-1.0, max=1.0)] = 0.0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
+    allow_equal: Annotated[
+        YesNo, typer.Option(help="Accept a non-inferior candidate (within --tolerance) instead.")
+    ] = YesNo.no,
+    tolerance: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.005,
+    first_run: Annotated[str, typer.Option(help="With no champion: promote or reject.")] = "promote",
+    force: Annotated[bool, typer.Option(help="Promote whatever the checks say (needs --force-reason).")] = False,
+    force_reason: str = "",
+    out: OutOption = Path("outputs/gate"),
+) -> None:
+    """Apply the promotion policy to evaluate's metrics and write the decision record."""
+    from steps.gate import Policy, read_metrics
+    from steps.gate import gate as run_gate
+    from workflows import trigger
+
+    policy = Policy(
+        min_accuracy=min_accuracy,
+        min_class_recall=min_class_recall,
+        min_delta=min_delta,
+        alpha=alpha,
+        allow_equal=allow_equal == YesNo.yes,
+        tolerance=tolerance,
+        first_run=first_run,
+        force=force,
+        force_reason=force_reason,
+    )
+    started = _started()
+    audit = {"workflow": workflow_name(), "trigger": started}
+    record = run_gate(open_registry(), read_metrics(metrics), policy, out, audit, trigger.operator_values(started))
+    write_outputs(out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
+    echo_summary(
+        {"decision": record["decision"], "reasons": "; ".join(record["reasons"]), "record": out / "decision.json"}
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def rollout(
+    model: Annotated[str, typer.Option(help="The version to roll out: a version id, an alias, or 'latest'.")],
+    dataset: DatasetOption = "",
+    target: Annotated[str, typer.Option(help="local (the embedded default) or kserve.")] = "local",
+    canary_percent: Annotated[int, typer.Option(help="Traffic share of the canary while it is probed.")] = 10,
+    reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "rollout",
+    server_url: Annotated[
+        str,
+        typer.Option(
+            envvar="FASHION_PIPELINE_SERVER_URL",
+            help="local target: the model server (if none answers, the registry is promoted).",
+        ),
+    ] = "http://127.0.0.1:8080",
+    namespace: Annotated[str, typer.Option(help="kserve target: the InferenceService's namespace.")] = "fashion",
+    probe_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FASHION_PIPELINE_PROBE_URL",
+            help="kserve target: probe through this base URL (e.g. a port-forward to the ingress) with a Host header.",
+        ),
+    ] = None,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,
+    serving_runtime: Annotated[
+        str,
+        typer.Option(
+            help="kserve target: tensorflow (TF Serving, amd64 images only) or custom (this image's own server)."
+        ),
+    ] = "tensorflow",
+    serving_image: Annotated[
+        str | None,
+        typer.Option(help="kserve target, custom runtime: the image to run (default: the step image)."),
+    ] = None,
+    out: OutOption = Path("outputs/rollout"),
+) -> None:
+    """Roll a version out: preflight, canary, probe, then promote or roll back automatically."""
+    from steps.rollout import RolloutPolicy
+    from steps.rollout import rollout as run_rollout
+    from steps.targets import TargetOptions, make_target
+    from workflows.templates import IMAGE
+
+    registry = open_registry()
+    policy = RolloutPolicy(canary_percent=canary_percent, ready_timeout_s=ready_timeout)
+    policy.check()
+    options = TargetOptions(
+        server_url=server_url,
+        namespace=namespace,
+        probe_url=probe_url,
+        serving_runtime=serving_runtime,
+        serving_image=serving_image or IMAGE,
+        ready_timeout_s=ready_timeout,
+    )
+    chosen = make_target(target, registry, options)
+    audit = {"workflow": workflow_name(), "trigger": _started()}
+    try:
+        record = run_rollout(
+            registry, registry.resolve(model), _default_dataset(dataset), chosen, policy, reason, out, audit
+        )
+    finally:
+        written = out / "rollout.json"
+        if written.exists():
+            outcome = json.loads(written.read_text())
+            write_outputs(out, {"outcome": outcome["outcome"], "served_version": outcome.get("served_version") or ""})
+    echo_summary({"outcome": record["outcome"], "version": record["version"], "target": record["target"]})
+
+
+@app.command(rich_help_panel=PANEL)
+def report(
+    workflow: Annotated[str, typer.Option(help="The workflow run to summarise.")],
+    status: Annotated[str, typer.Option(help="The run's status ({{workflow.status}}).")] = "Unknown",
+    failures: Annotated[str, typer.Option(help="Argo's {{workflow.failures}} JSON.")] = "",
+    out: OutOption = Path("outputs/report"),
+) -> None:
+    """The exit report of a run: what it trained, what the gate decided, what is in production."""
+    from steps.report import run_summary
+
+    summary = run_summary(open_registry(), workflow, status, failures)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary)
+    typer.echo(summary, nl=False)
