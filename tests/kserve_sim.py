@@ -550,8 +550,8 @@ class KServeSim:
                 {"name": f"{PLURAL}/status", "singularName": "", "namespaced": True, "kind": KIND, "verbs": ["get"]},
             ],
         }
-        group = {"name": GROUP, "versions": [{"groupVersion": API_VERSION, "version": VERSION}]}
-        group["preferredVersion"] = group["versions"][0]  # type: ignore[index]
+        version = {"groupVersion": API_VERSION, "version": VERSION}
+        group = {"name": GROUP, "versions": [version], "preferredVersion": version}
         return {
             "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0-kserve-sim", "platform": "linux/amd64"},
             "/api": {"kind": "APIVersions", "versions": ["v1"]},
@@ -908,7 +908,8 @@ class KServeSim:
         # The configuration's latest ready revision only moves forward to a newer ready revision.
         latest_ready = next((r for r in reversed(ksvc.revisions) if r.ready), None)
         previous = ksvc.status
-        resolved: list[dict[str, Any]] | None = []
+        entries: list[dict[str, Any]] = []
+        resolved: list[dict[str, Any]] | None = entries
         for target in ksvc.traffic:
             name = latest_ready.name if target["latestRevision"] and latest_ready else target.get("revisionName")
             revision = ksvc.revision(name) if name else None
@@ -923,7 +924,7 @@ class KServeSim:
             if target.get("tag"):
                 entry["tag"] = target["tag"]
                 entry["url"] = self._tag_url(service, ksvc, target["tag"], revision)
-            resolved.append(entry)
+            entries.append(entry)
         traffic = resolved if resolved is not None else previous.get("traffic", [])
         routes = (
             ("True", "", "")
@@ -1095,7 +1096,7 @@ def _parse_mode(mode: str) -> str:
 def _storage_uri(predictor: dict[str, Any]) -> str | None:
     """The implementation's GetStorageUri: `model.storageUri`, or a custom container's STORAGE_URI env."""
     if predictor.get("model"):
-        return predictor["model"].get("storageUri")  # type: ignore[no-any-return]
+        return predictor["model"].get("storageUri")
     for container in predictor.get("containers") or []:
         if container.get("name") == CUSTOM_CONTAINER:  # predictor_custom.go GetStorageUri
             return next((e.get("value") for e in container.get("env") or [] if e.get("name") == STORAGE_URI_ENV), None)

@@ -181,7 +181,7 @@ def test_only_the_rollout_step_may_write_inference_services_and_nothing_lists_or
 
 
 def _pod_spec(kind: str, name: str) -> dict[str, Any]:
-    return _find(kind, name)["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return _find(kind, name)["spec"]["template"]["spec"]
 
 
 def test_the_event_source_minio_and_its_bucket_job_run_as_their_own_accounts_without_a_token() -> None:
@@ -232,7 +232,8 @@ def test_step_image_runs_as_the_workflows_user_without_an_entrypoint() -> None:
     template = yaml.safe_load((ARGO / "workflow-template.yaml").read_text())
     security = template["spec"]["securityContext"]
 
-    assert re.search(r"^USER (\d+):(\d+)$", final_stage, re.M).groups() == (
+    user = re.search(r"^USER (\d+):(\d+)$", final_stage, re.M)
+    assert user is not None and user.groups() == (
         str(security["runAsUser"]),
         str(security["runAsGroup"]),
     )

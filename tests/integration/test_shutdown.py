@@ -148,7 +148,8 @@ def test_sigterm_stops_up_and_its_whole_tree_while_a_webhook_retrain_trains(seed
     try:
         wait_for(lambda: ready(server_port), "the model server", timeout=300)
         webhook = f"http://127.0.0.1:{webhook_port}/retrain"
-        for event in ({"event_id": "long", **LONG_TRAINING}, {"event_id": "later", "epochs": 1}):
+        events: list[dict[str, Any]] = [{"event_id": "long", **LONG_TRAINING}, {"event_id": "later", "epochs": 1}]
+        for event in events:
             assert requests.post(webhook, json=event, headers=AUTH, timeout=10).status_code == 202
         wait_for(lambda: training(run_status(webhook_port, "retrain-long")), "training to start", timeout=600)
         processes = tree(up.pid)

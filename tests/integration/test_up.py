@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 from conftest import CLI, free_port
@@ -40,7 +41,7 @@ def test_up_runs_a_webhook_retrain_then_serves_it_and_stops_cleanly_on_ctrl_c(
                 break
             except requests.RequestException:
                 time.sleep(0.2)
-        body = {"event_id": "up-1", "train_limit": 2000, "epochs": 1}
+        body: dict[str, Any] = {"event_id": "up-1", "train_limit": 2000, "epochs": 1}
         response = requests.post(f"{webhook}/retrain", json=body, headers={"Authorization": "Bearer t0ken"}, timeout=10)
         assert response.status_code == 202, response.text
         served = None
