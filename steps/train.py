@@ -82,7 +82,7 @@ class TrainResult:
     version: str
     version_uri: str
     history: dict[str, list[float]]
-    train_seconds: float
+    train_s: float
     train_examples: int
 
 
@@ -119,7 +119,7 @@ def train(
 
     started = time.perf_counter()
     model, history = _fit(x_fit, y_fit, x_val, y_val, params, on_epoch, threads)
-    train_seconds = time.perf_counter() - started
+    train_s = time.perf_counter() - started
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
@@ -132,7 +132,7 @@ def train(
             "training": {
                 "precision": resolve_precision(params.precision),
                 "threads": threads or None,
-                "seconds": round(train_seconds, 2),
+                "seconds": round(train_s, 2),
                 "final": {k: v[-1] for k, v in history.items() if v},
             },
             "code_version": code_version,
@@ -143,12 +143,12 @@ def train(
             },
         }
         version = registry.publish(export_dir, card)
-    log.info("published model version %s (%.1f s of training)", version, train_seconds)
+    log.info("published model version %s (%.1f s of training)", version, train_s)
     return TrainResult(
         version=version,
         version_uri=registry.version_uri(version),
         history=history,
-        train_seconds=train_seconds,
+        train_s=train_s,
         train_examples=len(x_fit),
     )
 

@@ -141,9 +141,7 @@ def train(
     values = {"model_version": result.version, "model_uri": result.version_uri}
     write_outputs(out, values)
     final = {k: v[-1] for k, v in result.history.items() if v}
-    echo_summary(
-        {**values, "train_seconds": f"{result.train_seconds:.1f}", **{k: f"{v:.4f}" for k, v in final.items()}}
-    )
+    echo_summary({**values, "train_time": f"{result.train_s:.1f} s", **{k: f"{v:.4f}" for k, v in final.items()}})
 
 
 def _epoch_progress() -> Any:
