@@ -83,7 +83,6 @@ class TrainResult:
     version_uri: str
     history: dict[str, list[float]]
     train_s: float
-    train_examples: int
 
 
 def train(
@@ -149,7 +148,6 @@ def train(
         version_uri=registry.version_uri(version),
         history=history,
         train_s=train_s,
-        train_examples=len(x_fit),
     )
 
 

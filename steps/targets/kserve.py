@@ -77,7 +77,6 @@ TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 PRODUCTION_VERSION = "fashion-pipeline.io/production-version"
 PRODUCTION_STORAGE_URI = "fashion-pipeline.io/production-storage-uri"
 CANARY_VERSION = "fashion-pipeline.io/canary-version"
-KNATIVE_MODES = frozenset({"Knative", "Serverless"})  # Serverless: the name before KServe 0.16
 STANDARD_MODES = frozenset({"Standard", "RawDeployment"})
 OTHER_PREDICTORS = ("tensorflow", "sklearn", "xgboost", "pytorch", "triton", "onnx", "pmml", "lightgbm", "paddle")
 
