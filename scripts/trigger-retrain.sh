@@ -31,7 +31,9 @@ for pair in "$@"; do
   value="${pair#*=}"
   type="$(jq -r --arg key "$key" '.properties[$key].type // "unknown"' "$SCHEMA")"
   case "$type" in
-    unknown) die "'$key' is not a payload field; the fields are: $(jq -r '.properties | keys_unsorted | join(", ")' "$SCHEMA")" ;;
+    unknown)
+      die "'$key' is not something an event may set (the fields are: $(jq -r '.properties | keys_unsorted | join(", ")' "$SCHEMA")); the gate and rollout policy, the store and the target are the operator's: the WorkflowTemplate's arguments"
+      ;;
     string) payload="$(jq --arg key "$key" --arg value "$value" '. + {($key): $value}' <<<"$payload")" ;;
     *)
       payload="$(jq --arg key "$key" --argjson value "$value" '. + {($key): $value}' <<<"$payload" 2>/dev/null)" ||

@@ -362,7 +362,16 @@ def test_trigger_refuses_an_unknown_field_before_sending(webhook: tuple[str, lis
     result = _trigger(url, "epoch=2")
 
     assert result.returncode != 0
-    assert "'epoch' is not a payload field" in result.stderr
+    assert "'epoch' is not something an event may set (the fields are: event_id, reason" in result.stderr
+    assert received == []
+
+
+def test_trigger_says_the_policy_is_the_operators(webhook: tuple[str, list[Any]]) -> None:
+    url, received = webhook
+    result = _trigger(url, "min_accuracy=0")
+
+    assert result.returncode != 0
+    assert "the gate and rollout policy, the store and the target are the operator's" in result.stderr
     assert received == []
 
 
