@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from steps.registry import MODEL_NAME
+from steps.serving.protocol import ready_path
+
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(os.environ.get("FASHION_PIPELINE_SCHEMAS", REPO.parent / "shared" / "schemas"))
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
@@ -248,7 +251,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()}")
             try:
-                if requests.get(f"{self.url}/v2/models/fashion-mnist/ready", timeout=1).status_code == 200:
+                if requests.get(self.url + ready_path(MODEL_NAME), timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 pass

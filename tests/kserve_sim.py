@@ -59,6 +59,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
+
+from steps.registry import MODEL_NAME
+from steps.serving import protocol
 from steps.storage import open_store
 from workflows.validate import Validator
 
@@ -66,7 +70,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO.parent / "shared" / "schemas"
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
-MODEL_SERVER_MODEL = "fashion-mnist"  # the name `fashion-pipeline serve` serves
 FAULTS = ("never_ready", "errors", "wrong_classes")
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"  # constants.EnableRoutingTagAnnotationKey
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
@@ -205,13 +208,9 @@ def _send(handler: http.server.BaseHTTPRequestHandler, code: int, body: Any) -> 
 
 def _shift_classes(data: bytes) -> bytes:
     """The wrong-classes fault: every prediction names the next class (probabilities rotated to match)."""
-    answer = json.loads(data)
-    for prediction in answer.get("predictions", []):
-        prediction["class_id"] = (int(prediction["class_id"]) + 1) % 10
-        probabilities = prediction.get("probabilities")
-        if isinstance(probabilities, list) and probabilities:
-            prediction["probabilities"] = probabilities[-1:] + probabilities[:-1]
-    return json.dumps(answer).encode()
+    answer = protocol.decode_response("v1", json.loads(data), {})
+    shifted = protocol.encode_v1_response(np.roll(answer.probabilities, 1, axis=1), (answer.class_ids + 1) % 10)
+    return json.dumps(shifted).encode()
 
 
 class _Quiet(http.server.BaseHTTPRequestHandler):
@@ -220,7 +219,7 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 
 # TF Serving's answers name no model version: its stand-in's headers are dropped.
-_TF_SERVING_DROPS = frozenset({"x-model-version", "x-model-role"})
+_TF_SERVING_DROPS = frozenset({protocol.VERSION_HEADER.lower(), protocol.ROLE_HEADER.lower()})
 
 
 @dataclass
@@ -1015,7 +1014,7 @@ class KServeSim:
     def _tf_serving(self, storage_uri: str) -> tuple[list[str], str]:
         cli = Path(sys.executable).parent / "fashion-pipeline"
         argv = [str(cli), "serve", "--storage-uri", storage_uri, "--port", str(free_port())]
-        return argv, f"/v2/models/{MODEL_SERVER_MODEL}/ready"
+        return argv, protocol.ready_path(MODEL_NAME)
 
     def _custom(self, namespace: str, number: int, container: dict[str, Any]) -> tuple[list[str], str]:
         """The container as its pod runs it: a storage initializer fills /mnt/models and rewrites STORAGE_URI

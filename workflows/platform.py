@@ -12,73 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from steps.registry import Registry
+from steps.serving.process import ModelServerProcess
 from workflows import schedule
 from workflows.drops import DropWatcher
-from workflows.shutdown import Shutdown, kill_descendants, terminate_group
+from workflows.shutdown import Shutdown, kill_descendants
 from workflows.webhook import RunQueue, WebhookServer
 
 log = logging.getLogger("up")
-SERVER_STOP_S = 30.0  # in-flight requests get this long (uvicorn's graceful shutdown is as long)
 RUN_STOP_S = 120.0  # the node's grace period and the exit handler fit in well under this
-
-
-class ModelServerProcess:
-    """`fashion-pipeline serve` as a child process, its output folded into our log.
-
-    It leads its own process group: a terminal's Ctrl-C reaches only `up`, which stops it once.
-    """
-
-    def __init__(self, store_uri: str, host: str, port: int) -> None:
-        self.args = [_cli(), "--store", store_uri, "serve", "--host", host, "--port", str(port)]
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0
-        )
-        threading.Thread(target=self._relay, name="server-log", daemon=True).start()
-
-    def _relay(self) -> None:
-        server_log = logging.getLogger("server")
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            server_log.info(line.rstrip())
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout_s: float = SERVER_STOP_S) -> bool:
-        """SIGTERM, then SIGKILL after `timeout_s`; True if it stopped by itself, cleanly."""
-        if self.proc is None:
-            return True
-        if self.proc.poll() is None:
-            terminate_group(self.proc.pid)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.error("the model server did not stop within %.0f s: killing it", timeout_s)
-                self.kill()
-                return False
-        return self.proc.returncode == 0
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            terminate_group(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-def _cli() -> str:
-    return shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 
 
 class Scheduler:

@@ -132,9 +132,3 @@ def kill_descendants() -> None:
         for child in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 child.kill()
-
-
-def terminate_group(pid: int, signum: int = signal.SIGTERM) -> None:
-    """Signal a child's whole process group (the child leads it); a group already gone is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)

@@ -30,6 +30,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 
+from steps.registry import MODEL_NAME
+from steps.serving.protocol import encode_request, predict_path, ready_path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
@@ -58,7 +61,7 @@ def trained_version_root(scratch: Path) -> str:
 def in_process(version_root: str, images: np.ndarray, seconds: float) -> float:
     import tensorflow as tf
 
-    from steps.serving import load_storage_uri
+    from steps.serving.loading import load_storage_uri
 
     loaded = load_storage_uri(version_root)
     batch = tf.constant(images[:32])
@@ -75,7 +78,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
-            if requests.get(f"{url}/v2/models/fashion-mnist/ready", timeout=1).status_code == 200:
+            if requests.get(url + ready_path(MODEL_NAME), timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -83,9 +86,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise SystemExit("server not ready")
 
 
-def latency(url: str, image: list, n: int) -> tuple[float, float]:
+def latency(url: str, image: np.ndarray, n: int) -> tuple[float, float]:
     session = requests.Session()
-    body = json.dumps({"instances": [image]})
+    body = json.dumps(encode_request("v1", image[None]))
     headers = {"Content-Type": "application/json"}
     for _ in range(20):
         session.post(url, data=body, headers=headers)
@@ -99,7 +102,7 @@ def latency(url: str, image: list, n: int) -> tuple[float, float]:
 
 
 def throughput(url: str, images: np.ndarray, clients: int, seconds: float) -> float:
-    body = json.dumps({"instances": images[:32].tolist()}).encode()
+    body = json.dumps(encode_request("v1", images[:32])).encode()
     headers = {"Content-Type": "application/json"}
     counts = [0] * clients
     errors: list[str] = []
@@ -139,8 +142,8 @@ def measure_server(name: str, argv: list[str], port: int, images: np.ndarray, ar
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
-        predict = f"{url}/v1/models/fashion-mnist:predict"
-        p50, p99 = latency(predict, images[0].tolist(), args.requests)
+        predict = url + predict_path(MODEL_NAME)
+        p50, p99 = latency(predict, images[0], args.requests)
         rate = throughput(predict, images, args.clients, args.seconds)
     finally:
         proc.terminate()

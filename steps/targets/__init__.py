@@ -29,7 +29,7 @@ class ProbeResult:
     correct: int
     images: int
     latencies_ms: list[float] = field(default_factory=list)
-    versions: dict[str, int] = field(default_factory=dict)  # X-Model-Version seen -> answers
+    versions: dict[str, int] = field(default_factory=dict)  # the version each answer named -> answers
     error_samples: list[str] = field(default_factory=list)
 
     @property

@@ -48,8 +48,9 @@ import numpy as np
 
 from steps.errors import UserError
 from steps.registry import MODEL_NAME
+from steps.serving.probe import probe_over_http
+from steps.serving.protocol import predict_path, ready_path
 from steps.targets import ProbeResult
-from steps.targets.probe import probe_over_http
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class KServeTarget:
             log.error("%s", problem)
             return ProbeResult(requests=1, errors=1, correct=0, images=0, error_samples=[problem])
         assert url, "a canary without a URL is a problem above"
-        path = f"/v1/models/{self.isvc_name}:predict"
+        path = predict_path(self.isvc_name)
         if self.probe_url:
             predict_url, headers = f"{self.probe_url}{path}", {"Host": urlsplit(url).netloc}
         else:
@@ -343,7 +344,7 @@ class KServeTarget:
             "env": [{"name": STORAGE_URI_ENV, "value": storage_uri}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
             "ports": [{"containerPort": CUSTOM_PORT, "protocol": "TCP"}],
             # The model's own readiness, not the server's (`/v2/health/ready` is server-wide).
-            "readinessProbe": {"httpGet": {"path": f"/v2/models/{MODEL_NAME}/ready"}},
+            "readinessProbe": {"httpGet": {"path": ready_path(MODEL_NAME)}},
             "resources": self.resources,
         }
 

@@ -9,8 +9,9 @@ import numpy as np
 
 from steps.errors import UserError
 from steps.registry import MODEL_NAME, Registry
+from steps.serving.probe import probe_over_http
+from steps.serving.protocol import ROUTE_HEADER, VERSION_HEADER, encode_request, predict_path, ready_path
 from steps.targets import ProbeResult
-from steps.targets.probe import probe_over_http
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
@@ -27,13 +28,13 @@ class LocalTarget:
         self.registry = registry
         self.server_url = server_url.rstrip("/")
         self.poll_s = poll_s
-        self.predict_url = f"{self.server_url}/v1/models/{MODEL_NAME}:predict"
+        self.predict_url = self.server_url + predict_path(MODEL_NAME)
 
     def server_running(self) -> bool:
         import requests
 
         try:
-            return requests.get(f"{self.server_url}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code == 200
+            return requests.get(self.server_url + ready_path(MODEL_NAME), timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
@@ -43,13 +44,13 @@ class LocalTarget:
         try:
             response = requests.post(
                 self.predict_url,
-                json={"instances": [np.zeros((28, 28)).tolist()]},
-                headers={"X-Model-Route": route},
+                json=encode_request("v1", np.zeros((1, 28, 28))),
+                headers={ROUTE_HEADER: route},
                 timeout=5,
             )
         except requests.RequestException:
             return None
-        return response.headers.get("X-Model-Version") if response.status_code == 200 else None
+        return response.headers.get(VERSION_HEADER) if response.status_code == 200 else None
 
     def live_version(self) -> str | None:
         return self._served_version("production")
@@ -74,7 +75,7 @@ class LocalTarget:
         self._wait_for("canary", version, timeout_s)
 
     def probe(self, version: str, images: np.ndarray, labels: np.ndarray, batch: int) -> ProbeResult:
-        return probe_over_http(self.predict_url, images, labels, batch, headers={"X-Model-Route": "canary"})
+        return probe_over_http(self.predict_url, images, labels, batch, headers={ROUTE_HEADER: "canary"})
 
     def promote(self, version: str) -> None:
         # The production alias has moved already (rollout sets it): drop the canary, wait for the swap.

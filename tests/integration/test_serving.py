@@ -17,10 +17,10 @@ import pytest
 import requests
 from conftest import CLI, ServerProcess, TrainedStore
 
-from steps.client import PredictionClient, load_image
 from steps.dataset import CLASS_NAMES
 from steps.registry import Registry
-from steps.serving import MAX_BATCH, MAX_BODY_BYTES
+from steps.serving.client import PredictionClient, load_image
+from steps.serving.protocol import MAX_BATCH, MAX_BODY_BYTES
 from steps.storage import open_store
 
 PREDICT = "/v1/models/fashion-mnist:predict"

@@ -214,7 +214,7 @@ def test_sigterm_stops_serve_with_two_workers_and_frees_the_port(seeded: Path, t
     assert code == 0, text[-3000:]
     assert wait_for(lambda: not alive(processes), "the workers to be gone", timeout=30), alive(processes)
     assert wait_for(lambda: bindable(port), "the port", timeout=30)
-    assert text.count("steps.serving: stopped") == 2 and "Traceback" not in text
+    assert text.count("steps.serving.server: stopped") == 2 and "Traceback" not in text
 
 
 def test_sigterm_stops_a_run_during_training_and_records_it_failed(seeded: Path, tmp_path: Path) -> None:
@@ -247,10 +247,14 @@ def test_sigterm_stops_a_run_during_training_and_records_it_failed(seeded: Path,
 def test_the_served_model_follows_kserve_lifecycle(
     seeded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The watcher starts at load (before any request), stopping turns readiness off, stop ends both threads."""
+    """Load makes it ready, start (before any request) begins the watcher and the inference thread,
+    stopping turns readiness off, and KServe's unload ends both threads."""
     monkeypatch.setattr(sys, "argv", sys.argv[:1])  # `import kserve` parses the command line
+    from kserve.model_repository import ModelRepository
+
     from steps.registry import Registry
-    from steps.serving import AliasWatcher, Router, build_model
+    from steps.serving.model import FashionModel
+    from steps.serving.router import AliasWatcher, Router
     from steps.storage import open_store
 
     store = tmp_path / "store"
@@ -258,14 +262,18 @@ def test_the_served_model_follows_kserve_lifecycle(
     registry = Registry(open_store(str(store)))
     router = Router()
     watcher = AliasWatcher(registry, router)
-    model = build_model(router, watcher, poll_seconds=0.2)
+    model = FashionModel(router, watcher, poll_s=0.2)
+    repository = ModelRepository()
+    repository.update(model)
     assert not model.ready and not watcher.running() and not model.batcher.running()
-    assert model.load() and model.ready
+    assert model.load() and model.ready and router.production is not None
+    assert not watcher.running() and not model.batcher.running()
+    model.start()
     assert watcher.running() and model.batcher.running()
     version = registry.alias("production")["version"]  # type: ignore[index]
     registry.set_alias("canary", version, "lifecycle test", actor="test", extra={"percent": 10})
     wait_for(lambda: router.canary is not None, "the watcher to follow the canary alias", timeout=60)
     model.stopping()
     assert not model.ready
-    model.stop()
+    repository.unload(model.name)
     assert not watcher.running() and not model.batcher.running()

@@ -45,13 +45,13 @@ def serve(
         if registry.alias("production") is None:
             raise UserError(f"nothing to serve: no production model in {registry.store.uri} (run the pipeline first)")
     if workers > 1:
-        from workflows.serve_workers import supervise, worker_argv
+        from steps.serving.workers import supervise, worker_argv
 
         if not supervise(worker_argv(sys.argv), workers, shutdown):
             raise typer.Exit(1)
         return
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
-    from steps.serving import build_server
+    from steps.serving.server import build_server
 
     server = build_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log, reuse_port)
     shutdown.on_stop(server.stop)
@@ -74,7 +74,7 @@ def predict(
     """Classify images with a running model server; prints class and probability per image."""
     import numpy as np
 
-    from steps.client import PredictionClient, load_image
+    from steps.serving.client import PredictionClient, load_image
 
     batch = np.stack([load_image(path) for path in images])
     client = PredictionClient(url, protocol=protocol, timeout=timeout, host_header=host_header)

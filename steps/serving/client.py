@@ -7,7 +7,6 @@ trimmed, its longest side scaled to 28 pixels and centred, light-on-dark.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,21 @@ import numpy as np
 
 from steps.dataset import CLASS_NAMES
 from steps.errors import UserError
-
-PROTOCOLS = ("v1", "v2")
+from steps.registry import MODEL_NAME
+from steps.serving.protocol import (
+    PROTOCOLS,
+    decode_response,
+    encode_request,
+    error_message,
+    predict_path,
+)
 
 
 @dataclass(frozen=True)
 class Prediction:
     class_id: int
     probabilities: list[float]
-    version: str | None  # from the X-Model-Version header, when the server sends it
+    version: str | None  # the version that served it, when the answer names one
 
     @property
     def class_name(self) -> str:
@@ -44,7 +49,7 @@ class PredictionClient:
         self,
         url: str,
         protocol: str = "v1",
-        model: str = "fashion-mnist",
+        model: str = MODEL_NAME,
         timeout: float = 10.0,
         retries: int = 3,
         batch_size: int = 64,
@@ -68,9 +73,7 @@ class PredictionClient:
 
     @property
     def endpoint(self) -> str:
-        if self.protocol == "v1":
-            return f"{self.url}/v1/models/{self.model}:predict"
-        return f"{self.url}/v2/models/{self.model}/infer"
+        return self.url + predict_path(self.model, self.protocol)
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         """Predictions for float32 [N,28,28] raw pixels, sent in batches of `batch_size`."""
@@ -78,16 +81,6 @@ class PredictionClient:
         for start in range(0, len(images), self.batch_size):
             results += self._predict_batch(np.asarray(images[start : start + self.batch_size], np.float32))
         return results
-
-    def _body(self, batch: np.ndarray) -> dict[str, Any]:
-        if self.protocol == "v1":
-            return {"instances": batch.tolist()}
-        return {
-            "id": str(uuid.uuid4()),
-            "inputs": [
-                {"name": "image", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
-            ],
-        }
 
     def _post(self, body: dict[str, Any]) -> Any:
         import requests
@@ -106,23 +99,17 @@ class PredictionClient:
         raise AssertionError("unreachable")
 
     def _predict_batch(self, batch: np.ndarray) -> list[Prediction]:
-        response = self._post(self._body(batch))
+        response = self._post(encode_request(self.protocol, batch))
         if response.status_code != 200:
-            try:
-                detail = response.json().get("error", response.text)
-            except ValueError:
-                detail = response.text
-            raise ClientError(f"{self.endpoint} answered {response.status_code}: {str(detail)[:300]}")
-        version = response.headers.get("X-Model-Version")
-        data = response.json()
-        if self.protocol == "v1":
-            return [Prediction(int(p["class_id"]), list(p["probabilities"]), version) for p in data["predictions"]]
-        outputs = {o["name"]: o for o in data["outputs"]}
-        probabilities = np.asarray(outputs["probabilities"]["data"], np.float32).reshape(-1, 10)
-        class_ids = np.asarray(outputs["class_id"]["data"], np.int64)
+            detail = error_message(response.text)
+            raise ClientError(f"{self.endpoint} answered {response.status_code}: {detail[:300]}")
+        try:
+            answer = decode_response(self.protocol, response.json(), response.headers)
+        except ValueError as exc:  # not JSON, or not the protocol's answer
+            raise ClientError(f"{self.endpoint} did not answer with predictions: {exc}") from exc
         return [
-            Prediction(int(c), p.tolist(), version or data.get("model_version"))
-            for p, c in zip(probabilities, class_ids, strict=True)
+            Prediction(int(c), p.tolist(), answer.version)
+            for p, c in zip(answer.probabilities, answer.class_ids, strict=True)
         ]
 
 

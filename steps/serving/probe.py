@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from steps.serving.protocol import decode_response, encode_request
 from steps.targets import ProbeResult
 
 
@@ -28,23 +29,22 @@ def probe_over_http(
         began = time.perf_counter()
         try:
             response = session.post(
-                predict_url, json={"instances": chunk.tolist()}, headers=headers or {}, timeout=timeout_s
+                predict_url, json=encode_request("v1", chunk), headers=headers or {}, timeout=timeout_s
             )
             elapsed = (time.perf_counter() - began) * 1000
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
-            predictions = response.json()["predictions"]
-            class_ids = np.array([int(p["class_id"]) for p in predictions])
-            if class_ids.shape != truth.shape:
-                raise ValueError(f"{len(class_ids)} predictions for {len(truth)} images")
-        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            answer = decode_response("v1", response.json(), response.headers)
+            if answer.class_ids.shape != truth.shape:
+                raise ValueError(f"{len(answer.class_ids)} predictions for {len(truth)} images")
+        except (requests.RequestException, ValueError) as exc:
             result.errors += 1
             if len(result.error_samples) < 5:
                 result.error_samples.append(str(exc))
             continue
         result.latencies_ms.append(elapsed)
         result.images += len(truth)
-        result.correct += int(np.sum(class_ids == truth))
-        version = response.headers.get("X-Model-Version", "unknown")
+        result.correct += int(np.sum(answer.class_ids == truth))
+        version = answer.version or "unknown"
         result.versions[version] = result.versions.get(version, 0) + 1
     return result

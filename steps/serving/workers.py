@@ -11,12 +11,28 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
+from typing import Protocol
 
-from workflows.shutdown import Shutdown, terminate_group
+from steps.serving.process import terminate_group
 
 log = logging.getLogger("serve")
 _POLL_S = 0.2
+
+
+class StopRequests(Protocol):
+    """The process's stop requests, as the CLI's signal handling keeps them: the first asks, the second forces."""
+
+    requested: threading.Event
+    forced: threading.Event
+
+    def on_stop(self, callback: Callable[[], None]) -> None: ...
+
+    def on_force(self, callback: Callable[[], None]) -> None: ...
+
+    def request(self, reason: str) -> None: ...
 
 
 def worker_argv(argv: list[str]) -> list[str]:
@@ -32,7 +48,7 @@ def worker_argv(argv: list[str]) -> list[str]:
     return [*kept, "--reuse-port"]
 
 
-def supervise(argv: list[str], workers: int, shutdown: Shutdown) -> bool:
+def supervise(argv: list[str], workers: int, shutdown: StopRequests) -> bool:
     """Run the workers until a stop is requested or one exits; True if every one stopped cleanly."""
     children = [subprocess.Popen(argv, process_group=0) for _ in range(workers)]
 
