@@ -38,6 +38,7 @@ from steps.errors import UserError
 from steps.lineage import DROP_MANIFEST
 from steps.registry import utc_now
 from steps.storage import NotFound, ObjectExists, S3Store, Store
+from workflows.engine import RunQueue
 from workflows.payload import (
     DATA_URL,
     EVENT_ID,
@@ -46,7 +47,6 @@ from workflows.payload import (
     load_payload_schema,
     violation_messages,
 )
-from workflows.webhook import RunQueue
 
 log = logging.getLogger("drops")
 

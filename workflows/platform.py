@@ -20,8 +20,9 @@ from steps.registry import Registry
 from steps.serving.process import ModelServerProcess
 from workflows import schedule
 from workflows.drops import DropWatcher
+from workflows.engine import RunQueue
 from workflows.shutdown import Shutdown, kill_descendants
-from workflows.webhook import RunQueue, WebhookServer
+from workflows.webhook import WebhookServer
 
 log = logging.getLogger("up")
 RUN_STOP_S = 120.0  # the node's grace period and the exit handler fit in well under this

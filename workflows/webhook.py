@@ -16,22 +16,16 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import queue
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
 from steps.registry import utc_now
 from steps.storage import ObjectExists, Store
-from workflows import trigger
-from workflows.engine import Engine, resolve_parameters
+from workflows.engine import RunQueue
 from workflows.payload import DEFAULT_DATA_URL_PREFIXES, payload_to_parameters, validate_payload
-from workflows.run_summary import lines, summarise
 
 log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 65536  # the EventSource's maxPayloadSize
@@ -58,118 +52,6 @@ class EventLog:
 
     def all(self) -> list[dict[str, Any]]:
         return [self.store.read_json(key) for key in self.store.list(EVENTS_PREFIX) if key.endswith(".json")]
-
-
-@dataclass
-class _Job:
-    name: str
-    parameters: dict[str, str]
-
-
-class RunQueue:
-    """Runs the pipeline one run at a time, in submission order, on a worker thread.
-
-    `defaults` are the embedded platform's arguments; `operator` the `-p` values of whoever started
-    the queue (`launcher`), checked here like `run -p` and applied to every run after the defaults.
-    """
-
-    def __init__(
-        self,
-        manifest: Callable[[], dict[str, Any]],
-        runs_dir: Path,
-        defaults: dict[str, str],
-        operator: Mapping[str, str] | None = None,
-        launcher: str = "fashion-pipeline webhook",
-    ) -> None:
-        self.operator = dict(operator or {})
-        if trigger.ARGUMENT in self.operator:
-            raise UserError(f"-p {trigger.ARGUMENT}: set by the launcher (it records how each run started)")
-        resolve_parameters(manifest(), {**defaults, **self.operator})
-        self.manifest = manifest
-        self.runs_dir = runs_dir
-        self.defaults = defaults
-        self.launcher = launcher
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._pending: dict[str, _Job] = {}
-        self._lock = threading.Lock()
-        self._engine: Engine | None = None
-        self._closing = False
-        self._worker = threading.Thread(target=self._work, name="run-queue", daemon=True)
-        self._worker.start()
-
-    def submit(
-        self,
-        name: str,
-        parameters: dict[str, str],
-        by: str,
-        payload: Mapping[str, Any] | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Queue a run; `by`, `payload` (the event's body) and `details` go into its `trigger` argument."""
-        started = trigger.summary(by, self.launcher, payload=payload, operator=self.operator, **(details or {}))
-        job = _Job(name, {**self.defaults, **self.operator, **parameters, trigger.ARGUMENT: started})
-        with self._lock:
-            self._pending[name] = job
-        self._jobs.put(job)
-        log.info("queued %s (%d waiting)", name, self._jobs.qsize())
-
-    def busy(self) -> bool:
-        with self._lock:
-            return bool(self._pending) or self._engine is not None
-
-    def status(self, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            if name in self._pending:
-                return {"name": name, "phase": "Pending", "parameters": self._pending[name].parameters}
-            if self._engine is not None and self._engine.run.name == name:
-                return self._engine.run.record()
-        record = self.runs_dir / name / "workflow.json"
-        return json.loads(record.read_text()) if record.is_file() else None
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                engine = Engine(self.manifest(), self.runs_dir, job.parameters, name=job.name)
-                with self._lock:
-                    if self._closing:  # its event stays in the event log: the next start queues it again
-                        continue
-                    self._pending.pop(job.name, None)
-                    self._engine = engine
-                log.info("running %s", job.name)
-                result = engine.execute()
-                for line in lines(summarise(result.record(), result.directory)):
-                    log.info("%s", line)
-            except Exception as exc:  # one bad run must not stop the queue
-                log.error("%s could not run: %s", job.name, exc)
-            finally:
-                with self._lock:
-                    self._pending.pop(job.name, None)
-                    self._engine = None
-
-    def close(self, reason: str = "the local platform is shutting down", timeout: float = 120) -> bool:
-        """Stop the running workflow (its exit handler still runs) and the worker; start nothing more.
-
-        True if the worker ended within `timeout`. Queued runs are dropped here: their events are
-        still in the event log, and the next start queues them again.
-        """
-        with self._lock:
-            self._closing = True
-            engine = self._engine
-            self._pending.clear()
-        if engine is not None:
-            log.info("stopping %s: %s", engine.run.name, reason)
-            engine.stop(reason)
-        self._jobs.put(None)
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
-
-    def terminate(self, reason: str) -> None:
-        """Like `argo terminate` on the running workflow: no exit handler."""
-        with self._lock:
-            self._closing = True
-            engine = self._engine
-        if engine is not None:
-            engine.terminate(reason)
 
 
 class WebhookServer:

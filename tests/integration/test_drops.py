@@ -35,12 +35,11 @@ from workflows.drops import (
     parse_manifest,
     validate_manifest,
 )
-from workflows.engine import workflow_parameters
+from workflows.engine import RunQueue, workflow_parameters
 from workflows.payload import load_payload_schema, operator_arguments
 from workflows.pipeline import manifest
 from workflows.render import rendered
 from workflows.validate import lint_paths
-from workflows.webhook import RunQueue
 
 TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
 # A 200-image synthetic drop trains in seconds; the operator lowers the floors for it (`up -p`).

@@ -23,11 +23,11 @@ from conftest import CLI
 from steps.registry import Registry
 from steps.storage import open_store
 from workflows import cli, trigger
-from workflows.engine import workflow_parameters
+from workflows.engine import RunQueue, workflow_parameters
 from workflows.payload import DEFAULT_DATA_URL_PREFIXES, operator_arguments
 from workflows.pipeline import manifest
 from workflows.platform import Scheduler
-from workflows.webhook import EventLog, RunQueue, WebhookServer
+from workflows.webhook import EventLog, WebhookServer
 
 TOKEN = "s3cret-token-for-tests"
 QUICK = {"train_limit": 2000, "epochs": 1}

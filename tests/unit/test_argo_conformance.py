@@ -16,7 +16,8 @@ from steps.errors import UserError
 from steps.registry import Registry
 from steps.report import run_summary
 from steps.storage import open_store
-from workflows.engine import Engine, evaluate_depends, evaluate_when
+from workflows.argo_expressions import evaluate_when
+from workflows.engine import Engine
 
 RECORD = "import sys; open(sys.argv[1] + '/got', 'w').write(sys.argv[2])"
 
@@ -150,14 +151,6 @@ def test_when_is_govaluate_with_bare_words_as_strings(expression: str, expected:
 def test_when_that_is_not_a_boolean_comparison_is_an_error(expression: str) -> None:
     with pytest.raises(UserError):
         evaluate_when(expression)
-
-
-# -- workflow/common/ancestry.go (a bare task name in depends) --------------------------------------
-@pytest.mark.parametrize(
-    ("phase", "runs"), [("Succeeded", True), ("Skipped", True), ("Failed", False), ("Error", False), ("Omitted", False)]
-)
-def test_a_bare_name_in_depends_means_succeeded_or_skipped(phase: str, runs: bool) -> None:
-    assert evaluate_depends("gate", {"gate": phase}) is runs
 
 
 # -- the report step reads Argo's real values --------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from steps.errors import UserError
-from workflows.engine import Engine, UnsupportedConstruct, evaluate_depends, evaluate_when
+from workflows.engine import Engine, UnsupportedConstruct
 
 
 def script(name: str, code: str, **extra: Any) -> dict[str, Any]:
@@ -244,17 +244,6 @@ def test_a_cycle_is_reported(tmp_path: Path) -> None:
     )
     result = run(manifest, tmp_path)
     assert result.phase == "Error" and "cycle" in result.message
-
-
-def test_when_and_depends_expressions() -> None:
-    assert evaluate_when("promote == promote")
-    assert evaluate_when("'a b' != 'a c' && (2 >= 1.5 || false)")
-    assert not evaluate_when("!(true)")
-    phases = {"a": "Succeeded", "b-2": "Skipped", "c": "Failed"}
-    assert evaluate_depends("a && b-2", phases)
-    assert evaluate_depends("c.Failed && !c.Succeeded", phases)
-    assert not evaluate_depends("a && c", phases)
-    assert evaluate_depends("(a.Succeeded || a.Skipped) && b-2.Skipped", phases)
 
 
 def test_node_logs_and_outputs_are_kept_per_attempt(tmp_path: Path) -> None:

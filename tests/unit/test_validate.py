@@ -744,10 +744,10 @@ def test_a_missing_schema_file_is_reported_when_first_needed(tmp_path: Path) -> 
 
 
 def test_core_kinds_without_kubernetes_validate_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import workflows.validate
+    from workflows.validate import schemas
 
     # Validators are cached per kind, and other tests (linting argo/) load this one: start empty.
-    monkeypatch.setattr(workflows.validate, "_CORE_VALIDATORS", {})
+    monkeypatch.setattr(schemas, "_CORE_VALIDATORS", {})
     monkeypatch.setitem(sys.modules, "kubernetes_validate", None)
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"}, "spec": {}}
     assert messages(claim) == ["$: cannot check PersistentVolumeClaim: pip install kubernetes-validate"]

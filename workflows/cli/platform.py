@@ -63,10 +63,10 @@ def receiver(
     launcher: str,
 ) -> Any:
     """The webhook server and the run queue it feeds (not started)."""
-    from workflows.engine import workflow_parameters
+    from workflows.engine import RunQueue, workflow_parameters
     from workflows.payload import DEFAULT_DATA_URL_PREFIXES, check_data_url_prefixes
     from workflows.pipeline import manifest
-    from workflows.webhook import EventLog, RunQueue, WebhookServer
+    from workflows.webhook import EventLog, WebhookServer
 
     operator = parse_parameters(parameter)
     prefixes = check_data_url_prefixes(allow_data_url) if allow_data_url else DEFAULT_DATA_URL_PREFIXES
