@@ -31,11 +31,11 @@ RUN_STOP_S = 120.0  # the node's grace period and the exit handler fit in well u
 class Scheduler:
     """The CronWorkflow's schedules, evaluated in its timezone; a tick while a run is busy is skipped."""
 
-    def __init__(self, runs: RunQueue, schedules: list[str], timezone: str, on_tick: threading.Event) -> None:
+    def __init__(self, runs: RunQueue, schedules: list[str], timezone: str, stopped: threading.Event) -> None:
         self.runs = runs
         self.schedules = schedules
         self.zone = ZoneInfo(timezone)
-        self.stopped = on_tick
+        self.stopped = stopped
         self._thread = threading.Thread(target=self._loop, name="schedule", daemon=True)
 
     def next_fire(self, after: datetime) -> datetime:
