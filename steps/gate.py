@@ -7,18 +7,21 @@ explicit `first_run` policy decides. `force` promotes regardless, and needs a re
 
 Each rule is a small function in `RULES`: it reads the evidence and its policy field and returns a
 `Check`, or None where it does not apply. A new rule is one function added to `RULES` and one
-field on `Policy`; the record, its reasons and the force override pick it up.
+`parameter` field on `GatePolicy`: the record, its reasons and the force override pick it up, and
+so do the workflow argument, the template input and the CLI option made from it (workflows/arguments.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
+from steps.parameters import check as check_parameters
+from steps.parameters import parameter, specs
 from steps.registry import Registry
 
 FIRST_RUN_POLICIES = ("promote", "reject")
@@ -27,42 +30,37 @@ OPERATOR_OVERRIDE = "operator override"
 
 
 @dataclass(frozen=True)
-class Policy:
-    min_accuracy: float = 0.90
-    min_class_recall: float = 0.60
-    min_delta: float = 0.0
-    alpha: float = 0.05
-    allow_equal: bool = False
-    tolerance: float = 0.005
-    first_run: str = "promote"
+class GatePolicy:
+    min_accuracy: float = parameter(0.90, "Gate: absolute test-accuracy floor", minimum=0, maximum=1)
+    min_class_recall: float = parameter(0.60, "Gate: floor for every class's recall", minimum=0, maximum=1)
+    min_delta: float = parameter(0.0, "Gate: required accuracy improvement over the champion", minimum=-1, maximum=1)
+    alpha: float = parameter(
+        0.05, "Gate: significance level of the exact McNemar test", minimum=0, maximum=1, exclusive_minimum=True
+    )
+    allow_equal: bool = parameter(False, "Gate: accept a non-inferior candidate instead")
+    tolerance: float = parameter(0.005, "Gate: non-inferiority margin when allow_equal is true", minimum=0, maximum=1)
+    first_run: str = parameter("promote", "Gate: what to do when nothing is in production", choices=FIRST_RUN_POLICIES)
+    # An operator's override on the command line, recorded on its own: no workflow argument.
     force: bool = False
     force_reason: str = ""
 
     def check(self) -> None:
-        for name in ("min_accuracy", "min_class_recall", "tolerance"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise UserError(f"{name} must be between 0 and 1 (got {getattr(self, name)})")
-        if not -1 <= self.min_delta <= 1:
-            raise UserError(f"min_delta must be between -1 and 1 (got {self.min_delta})")
-        if not 0 < self.alpha <= 1:
-            raise UserError(f"alpha must be in (0, 1] (got {self.alpha})")
-        if self.first_run not in FIRST_RUN_POLICIES:
-            raise UserError(f"first_run must be one of {', '.join(FIRST_RUN_POLICIES)} (got {self.first_run!r})")
+        check_parameters(self)
         if self.force and not self.force_reason.strip():
             raise UserError("force needs a reason: pass --force-reason 'why this model must ship' (it is recorded)")
 
 
-# The policy values a run sets: every field but force, a CLI-only override recorded on its own.
-POLICY_FIELDS = tuple(f.name for f in fields(Policy) if f.name not in ("force", "force_reason"))
+# The policy values a run sets (its workflow arguments); force is recorded on its own.
+POLICY_FIELDS = tuple(specs(GatePolicy))
 
 
-def policy_sources(policy: Policy, operator: Mapping[str, str], launcher: str) -> dict[str, str]:
-    """Where each policy value came from: the template's default (Policy's defaults), or an operator's override.
+def policy_sources(policy: GatePolicy, operator: Mapping[str, str], launcher: str) -> dict[str, str]:
+    """Where each policy value came from: the template's default (GatePolicy's defaults), or an operator's override.
 
     `operator` holds the `-p` values the launcher recorded; a value that differs from the default
     without such a record was set where this run cannot see (argo submit -p, an edited template).
     """
-    defaults = Policy()
+    defaults = GatePolicy()
     sources = {}
     for name in POLICY_FIELDS:
         if name in operator:
@@ -129,21 +127,21 @@ class Evidence:
         return f"candidate {self.accuracy:.4f} vs champion {float(self.champion['accuracy']):.4f}"
 
 
-Rule = Callable[[Evidence, Policy], Check | None]
+Rule = Callable[[Evidence, GatePolicy], Check | None]
 
 
 def _at_least(passed: bool) -> str:
     return "≥" if passed else "<"
 
 
-def accuracy_floor(evidence: Evidence, policy: Policy) -> Check:
+def accuracy_floor(evidence: Evidence, policy: GatePolicy) -> Check:
     accuracy = evidence.accuracy
     passed = accuracy >= policy.min_accuracy
     detail = f"accuracy {accuracy:.4f} {_at_least(passed)} floor {policy.min_accuracy:.4f}"
     return Check("min_accuracy", passed, accuracy, policy.min_accuracy, detail)
 
 
-def class_recall_floor(evidence: Evidence, policy: Policy) -> Check:
+def class_recall_floor(evidence: Evidence, policy: GatePolicy) -> Check:
     worst_class = evidence.worst_class
     worst = evidence.recalls[worst_class]
     passed = worst >= policy.min_class_recall
@@ -153,14 +151,14 @@ def class_recall_floor(evidence: Evidence, policy: Policy) -> Check:
     return Check("min_class_recall", passed, {"class": worst_class, "recall": worst}, policy.min_class_recall, detail)
 
 
-def first_run(evidence: Evidence, policy: Policy) -> Check | None:
+def first_run(evidence: Evidence, policy: GatePolicy) -> Check | None:
     if evidence.against_champion:
         return None
     detail = f"no model in production: the first-run policy is {policy.first_run!r}"
     return Check("first_run", policy.first_run == "promote", "no champion", policy.first_run, detail)
 
 
-def non_inferiority(evidence: Evidence, policy: Policy) -> Check | None:
+def non_inferiority(evidence: Evidence, policy: GatePolicy) -> Check | None:
     if not (evidence.against_champion and policy.allow_equal):
         return None
     delta = evidence.compared("accuracy_delta")
@@ -169,7 +167,7 @@ def non_inferiority(evidence: Evidence, policy: Policy) -> Check | None:
     return Check("non_inferior", passed, delta, -policy.tolerance, detail)
 
 
-def improvement(evidence: Evidence, policy: Policy) -> Check | None:
+def improvement(evidence: Evidence, policy: GatePolicy) -> Check | None:
     if not evidence.against_champion or policy.allow_equal:
         return None
     delta = evidence.compared("accuracy_delta")
@@ -182,7 +180,7 @@ def improvement(evidence: Evidence, policy: Policy) -> Check | None:
     return Check("min_delta", passed, delta, policy.min_delta, detail)
 
 
-def significance(evidence: Evidence, policy: Policy) -> Check | None:
+def significance(evidence: Evidence, policy: GatePolicy) -> Check | None:
     if not evidence.against_champion or policy.allow_equal:
         return None
     assert evidence.comparison is not None
@@ -200,7 +198,7 @@ def significance(evidence: Evidence, policy: Policy) -> Check | None:
 RULES: tuple[Rule, ...] = (accuracy_floor, class_recall_floor, first_run, non_inferiority, improvement, significance)
 
 
-def decide(metrics: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+def decide(metrics: Mapping[str, Any], policy: GatePolicy) -> dict[str, Any]:
     """The decision record for the metrics written by `steps.evaluate.evaluate`."""
     policy.check()
     evidence = Evidence.of(metrics)
@@ -252,7 +250,7 @@ def read_metrics(location: str) -> Any:
 def gate(
     registry: Registry,
     metrics: dict[str, Any],
-    policy: Policy,
+    policy: GatePolicy,
     out_dir: Path,
     audit: Mapping[str, Any],
     operator: Mapping[str, str],

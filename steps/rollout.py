@@ -24,6 +24,8 @@ import numpy as np
 from steps.dataset import load_dataset
 from steps.errors import UserError
 from steps.model import load_serving_function
+from steps.parameters import check as check_parameters
+from steps.parameters import parameter
 from steps.registry import Registry
 from steps.targets import Target
 
@@ -37,7 +39,9 @@ class RolloutError(UserError):
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    canary_percent: int = 10
+    canary_percent: int = parameter(
+        10, "Rollout: share of traffic the canary gets while it is probed", minimum=0, maximum=100
+    )
     ready_timeout_s: float = 300.0
     holdout: int = 512  # the last images of the test split
     probe_batch: int = 32
@@ -46,8 +50,7 @@ class RolloutPolicy:
     p95_budget_ms: float = 1000.0
 
     def check(self) -> None:
-        if not 0 <= self.canary_percent <= 100:
-            raise UserError(f"canary_percent must be between 0 and 100 (got {self.canary_percent})")
+        check_parameters(self)
         if self.ready_timeout_s <= 0 or self.holdout < 1 or self.probe_batch < 1:
             raise UserError("ready timeout, holdout and probe batch must be positive")
 

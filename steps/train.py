@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from steps.dataset import load_dataset
-from steps.errors import UserError
 from steps.hardware import cpu_has_bf16
 from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, export_saved_model
+from steps.parameters import check as check_parameters
+from steps.parameters import parameter
 from steps.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -28,27 +29,21 @@ EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 8
-    batch_size: int = 128
-    learning_rate: float = 0.003
-    seed: int = 42
-    architecture: str = DEFAULT_ARCHITECTURE
-    train_limit: int = 0  # 0 = the whole train split
-    precision: str = "auto"
+    epochs: int = parameter(8, "Passes over the training split", minimum=1, maximum=200)
+    batch_size: int = parameter(128, "Images per training step", minimum=1, maximum=4096)
+    learning_rate: float = parameter(
+        0.003, "Peak learning rate (warm-up, then cosine decay)", minimum=0, maximum=1, exclusive_minimum=True
+    )
+    # numpy and Keras take seeds below 2^32.
+    seed: int = parameter(42, "Random seed for the subset, shuffling and initialisation", minimum=0, maximum=2**32 - 1)
+    architecture: str = parameter(DEFAULT_ARCHITECTURE, "CNN architecture", choices=ARCHITECTURES)
+    train_limit: int = parameter(
+        0, "Train on this many images (0 = the whole split); small values for quick runs", minimum=0
+    )
+    precision: str = parameter("auto", "Training precision (the exported model is float32)", choices=PRECISIONS)
 
     def check(self) -> None:
-        if self.epochs < 1:
-            raise UserError(f"epochs must be at least 1 (got {self.epochs})")
-        if not 1 <= self.batch_size <= 4096:
-            raise UserError(f"batch_size must be between 1 and 4096 (got {self.batch_size})")
-        if not 0 < self.learning_rate <= 1:
-            raise UserError(f"learning_rate must be in (0, 1] (got {self.learning_rate})")
-        if self.train_limit < 0:
-            raise UserError(f"train_limit must be 0 (all) or a positive count (got {self.train_limit})")
-        if self.architecture not in ARCHITECTURES:
-            raise UserError(f"unknown architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        check_parameters(self)
 
 
 def resolve_precision(precision: str) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from steps.lineage import DROP_MANIFEST
-from workflows import events, pipeline, trigger
+from workflows import arguments, events, pipeline, trigger
+from workflows.arguments import DEFAULT_S3_ENDPOINT, DEFAULT_STORE, argo_string
 from workflows.drops import (
     CREATED,
     DROP_ID,
@@ -30,7 +31,7 @@ from workflows.drops import (
     RUN_PREFIX,
     load_drop_schema,
 )
-from workflows.payload import DATA_URL, argo_string
+from workflows.payload import DATA_URL
 
 EVENT_SOURCE = "fashion-drops"
 EVENT_NAME = "drop"
@@ -67,9 +68,7 @@ def _bucket_and_prefix(store_uri: str) -> tuple[str, str]:
     return parsed.netloc, f"{prefix}/{INCOMING}/" if prefix else f"{INCOMING}/"
 
 
-def event_source(
-    store_uri: str = pipeline.DEFAULT_STORE, endpoint: str = pipeline.DEFAULT_S3_ENDPOINT
-) -> dict[str, Any]:
+def event_source(store_uri: str = DEFAULT_STORE, endpoint: str = DEFAULT_S3_ENDPOINT) -> dict[str, Any]:
     """MinIO notifications of a drop.json written under the store's incoming/, with the store's credentials."""
     bucket, incoming = _bucket_and_prefix(store_uri)
     parsed = urlparse(endpoint)
@@ -96,7 +95,7 @@ def event_source(
     }
 
 
-def sensor(store_uri: str = pipeline.DEFAULT_STORE) -> dict[str, Any]:
+def sensor(store_uri: str = DEFAULT_STORE) -> dict[str, Any]:
     """Submit `drop-<drop_id>` from the WorkflowTemplate for each drop whose manifest keeps the contract."""
     schema = load_drop_schema()
     return {
@@ -144,17 +143,17 @@ def _fields(schema: dict[str, Any]) -> set[str]:
 
 
 def _argument_defaults(store_uri: str, schema: dict[str, Any]) -> dict[str, str]:
-    """The arguments the Sensor sets, in `pipeline.ARGUMENTS` order: the drop's fields, `data_url`, `trigger`."""
+    """The arguments the Sensor sets, in `ARGUMENTS` order: the drop's fields, `data_url`, `trigger`."""
     fields = _fields(schema)
-    unknown = fields - {argument.name for argument in pipeline.ARGUMENTS}
+    unknown = fields - {argument.name for argument in arguments.ARGUMENTS}
     if unknown:
         raise ValueError(f"drop field(s) {sorted(unknown)} are no arguments of {pipeline.NAME}")
     bucket, incoming = _bucket_and_prefix(store_uri)
     defaults = {}
-    for argument in pipeline.ARGUMENTS:
+    for argument in arguments.ARGUMENTS:
         if argument.name in fields:
             spec = schema["properties"][argument.name]
-            defaults[argument.name] = argo_string(spec["default"]) if "default" in spec else argument.default
+            defaults[argument.name] = argo_string(spec["default"]) if "default" in spec else argument.argo_default
         elif argument.name == DATA_URL:
             defaults[argument.name] = f"s3://{bucket}/{incoming}"  # completed by the drop's id
         elif argument.name == trigger.ARGUMENT:
@@ -162,7 +161,7 @@ def _argument_defaults(store_uri: str, schema: dict[str, Any]) -> dict[str, str]
     return defaults
 
 
-def drop_workflow(store_uri: str = pipeline.DEFAULT_STORE, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def drop_workflow(store_uri: str = DEFAULT_STORE, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """The embedded Workflow; `dest` indexes its arguments by position (Argo merges them with the template's)."""
     defaults = _argument_defaults(store_uri, schema or load_drop_schema())
     return {
@@ -333,7 +332,7 @@ end
 """
 
 
-def lua_filter(schema: dict[str, Any] | None = None, store_uri: str = pipeline.DEFAULT_STORE) -> str:
+def lua_filter(schema: dict[str, Any] | None = None, store_uri: str = DEFAULT_STORE) -> str:
     """True exactly for a drop.json creation in the store's incoming/ whose manifest keeps the contract."""
     schema = schema or load_drop_schema()
     bucket, incoming = _bucket_and_prefix(store_uri)

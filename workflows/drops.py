@@ -38,11 +38,11 @@ from steps.errors import UserError
 from steps.lineage import DROP_MANIFEST
 from steps.registry import utc_now
 from steps.storage import NotFound, ObjectExists, S3Store, Store
+from workflows.arguments import argo_string
 from workflows.engine import RunQueue
 from workflows.payload import (
     DATA_URL,
     EVENT_ID,
-    argo_string,
     data_url_problem,
     load_payload_schema,
     violation_messages,

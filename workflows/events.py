@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from workflows import pipeline, trigger
+from workflows import arguments, pipeline, trigger
+from workflows.arguments import argo_string
 from workflows.drops import CREATED_PATTERN
 from workflows.payload import (
     DATA_URL,
     DEFAULT_DATA_URL_PREFIXES,
     EVENT_ID,
-    argo_string,
     load_payload_schema,
 )
 
@@ -148,20 +148,20 @@ def trigger_data_key() -> str:
 
 
 def _argument_defaults(schema: dict[str, Any]) -> dict[str, str]:
-    """The arguments the Sensor sets, in `pipeline.ARGUMENTS` order, with their values when the payload leaves them out.
+    """The arguments the Sensor sets, in `ARGUMENTS` order, with their values when the payload leaves them out.
 
     Those are the payload's fields (the contract's default, else the template's) and `trigger`; every
     other argument, the gate and rollout policy first, is left to the WorkflowTemplate's default.
     """
     fields = set(schema["properties"]) - {EVENT_ID}
-    unknown = fields - {argument.name for argument in pipeline.ARGUMENTS}
+    unknown = fields - {argument.name for argument in arguments.ARGUMENTS}
     if unknown:
         raise ValueError(f"payload field(s) {sorted(unknown)} are no arguments of {pipeline.NAME}")
     defaults = {}
-    for argument in pipeline.ARGUMENTS:
+    for argument in arguments.ARGUMENTS:
         if argument.name in fields:
             spec = schema["properties"][argument.name]
-            defaults[argument.name] = argo_string(spec["default"]) if "default" in spec else argument.default
+            defaults[argument.name] = argo_string(spec["default"]) if "default" in spec else argument.argo_default
         elif argument.name == trigger.ARGUMENT:
             defaults[argument.name] = trigger.summary("webhook", TRIGGER_VIA)
     return defaults

@@ -25,6 +25,7 @@ from hera.workflows import models as m
 
 from steps import __version__, hardware
 from workflows import trigger
+from workflows.arguments import step_arguments
 
 # Fully qualified: podman, docker and the kubelet (containerd) resolve it to the same image.
 IMAGE = f"docker.io/fashion-pipeline/steps:{__version__}"
@@ -69,16 +70,16 @@ def _report(name: str, file: str) -> Artifact:
     return Artifact(name=name, path=f"{OUTPUTS}/{file}", archive=NoneArchiveStrategy(), optional=True)
 
 
-def _inputs(*names: str) -> list[Parameter]:
-    return [Parameter(name=name) for name in names]
+def _command(step: str, *upstream: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`fashion-pipeline STEP --name {{inputs.parameters.name}} ... EXTRA --out OUTPUTS`, and the inputs it reads.
 
-
-def _args(step: str, *names: str) -> list[str]:
-    """`fashion-pipeline STEP --name {{inputs.parameters.name}} ... --out OUTPUTS`."""
+    The inputs are what upstream steps pass, then the workflow arguments the step takes (workflows/arguments.py).
+    """
+    names = (*upstream, *(argument.input_name for argument in step_arguments(step)))
     args = [step]
     for name in names:
         args += [f"--{name.replace('_', '-')}", f"{{{{inputs.parameters.{name}}}}}"]
-    return [*args, "--out", OUTPUTS]
+    return {"args": [*args, *extra, "--out", OUTPUTS], "inputs": [Parameter(name=name) for name in names]}
 
 
 def _cpu_limit_env() -> m.EnvVar:
@@ -117,30 +118,13 @@ def _step(
     )
 
 
-FETCH_INPUTS = ("data_url",)
-TRAIN_INPUTS = ("dataset", "epochs", "batch_size", "learning_rate", "seed", "architecture", "train_limit", "precision")
-EVALUATE_INPUTS = ("dataset", "model")
-GATE_INPUTS = (
-    "metrics",
-    "min_accuracy",
-    "min_class_recall",
-    "min_delta",
-    "alpha",
-    "allow_equal",
-    "tolerance",
-    "first_run",
-)
-ROLLOUT_INPUTS = ("model", "dataset", "target", "canary_percent", "reason", "serving_runtime")
-
-
 def fetch_dataset() -> Container:
     return _step(
         "fetch-dataset",
         cpu="500m",
         memory="1Gi",
         deadline=900,
-        args=_args("fetch", *FETCH_INPUTS),
-        inputs=_inputs(*FETCH_INPUTS),
+        **_command("fetch"),
         outputs=[_out("dataset_uri"), _out("dataset_digest"), _out("cache_hit")],
         retry_strategy=_NETWORK_RETRY,
     )
@@ -155,8 +139,7 @@ def train() -> Container:
         memory_limit="4Gi",
         env=[_cpu_limit_env()],
         deadline=3600,
-        args=_args("train", *TRAIN_INPUTS),
-        inputs=_inputs(*TRAIN_INPUTS),
+        **_command("train", "dataset"),
         outputs=[
             _out("model_version", global_name="model_version"),
             _out("model_uri"),
@@ -174,8 +157,7 @@ def evaluate() -> Container:
         memory="2Gi",
         memory_limit="3Gi",
         deadline=1800,
-        args=[*_args("evaluate", *EVALUATE_INPUTS)[:-2], "--champion", "production", "--out", OUTPUTS],
-        inputs=_inputs(*EVALUATE_INPUTS),
+        **_command("evaluate", "dataset", "model", extra=("--champion", "production")),
         outputs=[
             _out("metrics_uri"),
             _out("accuracy", global_name="accuracy"),
@@ -201,8 +183,7 @@ def gate() -> Container:
         cpu="250m",
         memory="512Mi",
         deadline=300,
-        args=_args("gate", *GATE_INPUTS),
-        inputs=_inputs(*GATE_INPUTS),
+        **_command("gate", "metrics"),
         outputs=[
             _out("decision", global_name="decision"),
             _out("model_version"),
@@ -226,8 +207,7 @@ def rollout() -> Container:
         cpu="500m",
         memory="2Gi",
         deadline=1800,
-        args=[*_args("rollout", *ROLLOUT_INPUTS)[:-2], "--namespace", "{{workflow.namespace}}", "--out", OUTPUTS],
-        inputs=_inputs(*ROLLOUT_INPUTS),
+        **_command("rollout", "model", "dataset", extra=("--namespace", "{{workflow.namespace}}")),
         # Read by the exit report whether rollout ran or was Skipped: defaults are required.
         outputs=[
             _out("outcome", default="skipped", global_name="rollout_outcome"),

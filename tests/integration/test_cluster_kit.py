@@ -360,7 +360,7 @@ def test_trigger_posts_a_typed_payload_that_keeps_the_contract(webhook: tuple[st
 @pytest.mark.parametrize(
     ("pair", "said"),
     [
-        ("epoch=2", "'epoch' is not something an event may set (the fields are: event_id, reason"),
+        ("epoch=2", "'epoch' is not something an event may set (the fields are: event_id, epochs"),
         ("min_accuracy=0", "the gate and rollout policy, the store and the target are the operator's"),
     ],
 )

@@ -26,6 +26,7 @@ from steps.dataset import check_drop
 from steps.registry import Registry
 from steps.storage import Store, open_store
 from workflows import drop_events, pipeline, trigger
+from workflows.arguments import ARGUMENTS, DEFAULT_S3_ENDPOINT, DEFAULT_STORE
 from workflows.drops import (
     DropLog,
     DropWatcher,
@@ -41,7 +42,7 @@ from workflows.pipeline import manifest
 from workflows.render import rendered
 from workflows.validate import lint_paths
 
-TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
+TEMPLATE_DEFAULTS = {argument.name: argument.argo_default for argument in ARGUMENTS}
 # A 200-image synthetic drop trains in seconds; the operator lowers the floors for it (`up -p`).
 QUICK = ["-p", "epochs=1", "-p", "batch_size=64", "-p", "architecture=small-cnn", "-p", "precision=float32"]
 OPERATOR = {"min_accuracy": "0", "min_class_recall": "0"}
@@ -374,7 +375,7 @@ def minio_record(
     }
 
 
-def lua_accepts(records: list[dict[str, Any]], store_uri: str = pipeline.DEFAULT_STORE) -> list[bool]:
+def lua_accepts(records: list[dict[str, Any]], store_uri: str = DEFAULT_STORE) -> list[bool]:
     script = drop_events.lua_filter(store_uri=store_uri)
     cases = ",\n".join(lua_value({"notification": [record], "metadata": None}) for record in records)
     program = (
@@ -471,19 +472,19 @@ def test_the_sensor_names_the_run_by_the_drop_and_fills_in_its_defaults() -> Non
     spelled = drop_events.drop_sensor_workflow(minio_record("fashion-pipeline", KEY, MANIFEST_TEXTS[2]))
     assert {p["name"]: p["value"] for p in spelled["spec"]["arguments"]["parameters"]}["epochs"] == "8"
     # dest indexes by position: the arguments keep the template's order, policy left to the template
-    order = [argument.name for argument in pipeline.ARGUMENTS]
+    order = [argument.name for argument in ARGUMENTS]
     assert list(arguments) == sorted(arguments, key=order.index)
     assert not set(arguments) & (set(operator_arguments()) - {"trigger"})
 
 
 def test_the_event_source_listens_for_drop_manifests_in_the_store_bucket_with_its_credentials() -> None:
     source = drop_events.event_source()["spec"]["minio"]["drop"]
-    store = pipeline.DEFAULT_STORE.removeprefix("s3://")
+    store = DEFAULT_STORE.removeprefix("s3://")
 
     assert source["bucket"] == {"name": store}
     assert source["filter"] == {"prefix": "incoming/", "suffix": "drop.json"}
     assert source["events"] == ["s3:ObjectCreated:*"]
-    assert source["endpoint"] == pipeline.DEFAULT_S3_ENDPOINT.removeprefix("http://") and source["insecure"] is True
+    assert source["endpoint"] == DEFAULT_S3_ENDPOINT.removeprefix("http://") and source["insecure"] is True
     assert source["accessKey"] == {"name": "fashion-pipeline-s3", "key": "AWS_ACCESS_KEY_ID"}
     assert source["secretKey"] == {"name": "fashion-pipeline-s3", "key": "AWS_SECRET_ACCESS_KEY"}
 

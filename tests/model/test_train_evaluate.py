@@ -107,7 +107,7 @@ def test_champion_is_evaluated_on_the_same_split_with_mcnemar(trained: dict[str,
 
 def test_bad_training_parameters_are_user_errors(trained: dict[str, Any]) -> None:
     for params, message in [
-        (TrainParams(epochs=0), "epochs must be at least 1"),
+        (TrainParams(epochs=0), "epochs must be between 1 and 200"),
         (TrainParams(architecture="resnet-9000"), "unknown architecture 'resnet-9000'"),
         (TrainParams(precision="fp8"), "unknown precision 'fp8'"),
     ]:

@@ -14,11 +14,11 @@ from conftest import REPO, SCHEMAS
 from lua_harness import LUA, lua_value, run_lua
 
 from steps.errors import UserError
-from steps.gate import POLICY_FIELDS, Policy
+from steps.gate import POLICY_FIELDS
 from steps.model import ARCHITECTURES
-from steps.rollout import RolloutPolicy
 from steps.train import PRECISIONS
 from workflows import events, pipeline, trigger
+from workflows.arguments import ARGUMENTS
 from workflows.payload import (
     DEFAULT_DATA_URL_PREFIXES,
     check_data_url_prefixes,
@@ -31,7 +31,7 @@ from workflows.payload import (
 from workflows.render import rendered
 from workflows.validate import lint_paths
 
-TEMPLATE_DEFAULTS = {argument.name: argument.default for argument in pipeline.ARGUMENTS}
+TEMPLATE_DEFAULTS = {argument.name: argument.argo_default for argument in ARGUMENTS}
 
 MINIMAL = {"event_id": "drop-1"}
 EVERY_FIELD = {
@@ -134,7 +134,7 @@ def test_sensor_sets_no_policy_so_the_workflow_template_decides_it() -> None:
     assert not set(_arguments(workflow)) & set(operator_arguments()) - {"trigger"}
     assert not any(name in p["src"].get("dataKey", "") for p in parameters for name in WEAKENED_GATE)
     # dest indexes by position: the Workflow lists its arguments in the template's order.
-    order = [argument.name for argument in pipeline.ARGUMENTS]
+    order = [argument.name for argument in ARGUMENTS]
     assert list(_arguments(workflow)) == sorted(_arguments(workflow), key=order.index)
 
 
@@ -189,18 +189,11 @@ def test_payload_that_is_not_an_object_is_refused() -> None:
     assert validate_payload(["event_id", "x"]) == ["the payload must be a JSON object, got list"]
 
 
-def test_every_payload_field_is_a_workflow_argument_with_the_same_choices() -> None:
-    schema = load_payload_schema()
-    arguments = {argument.name: argument for argument in pipeline.ARGUMENTS}
+def test_the_payload_choices_are_their_owners() -> None:
+    properties = load_payload_schema()["properties"]
 
-    for name, spec in schema["properties"].items():
-        if name == "event_id":
-            continue
-        assert name in arguments, f"payload field {name} is no argument of {pipeline.NAME}"
-        if arguments[name].enum and spec.get("type") != "boolean":
-            assert tuple(spec["enum"]) == arguments[name].enum, name
-    assert tuple(schema["properties"]["architecture"]["enum"]) == tuple(ARCHITECTURES)
-    assert tuple(schema["properties"]["precision"]["enum"]) == tuple(PRECISIONS)
+    assert tuple(properties["architecture"]["enum"]) == tuple(ARCHITECTURES)
+    assert tuple(properties["precision"]["enum"]) == tuple(PRECISIONS)
 
 
 def test_no_gate_or_rollout_policy_field_is_part_of_the_contract() -> None:
@@ -208,16 +201,6 @@ def test_no_gate_or_rollout_policy_field_is_part_of_the_contract() -> None:
 
     assert not fields & {*POLICY_FIELDS, "canary_percent", "rollout_target", "store", "s3_endpoint", "trigger"}
     assert set(OPERATOR_ONLY) <= set(operator_arguments())
-
-
-def test_policy_defaults_of_the_template_are_the_steps_defaults() -> None:
-    """The gate calls a value equal to Policy's default a template default: they must be the same values."""
-    policy, rollout = Policy(), RolloutPolicy()
-    for name in POLICY_FIELDS:
-        default = getattr(policy, name)
-        template = TEMPLATE_DEFAULTS[name]
-        assert (template == "true" if isinstance(default, bool) else type(default)(template)) == default, name
-    assert int(TEMPLATE_DEFAULTS["canary_percent"]) == rollout.canary_percent
 
 
 @pytest.mark.parametrize("field", sorted(OPERATOR_ONLY))

@@ -12,7 +12,7 @@ import pytest
 from steps.dataset import CLASS_NAMES
 from steps.errors import UserError
 from steps.evaluate import classification_metrics, mcnemar_exact
-from steps.gate import POLICY_FIELDS, Policy, decide, policy_sources
+from steps.gate import POLICY_FIELDS, GatePolicy, decide, policy_sources
 from workflows import trigger
 from workflows.cli import main
 
@@ -47,7 +47,7 @@ def check(record: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_gate_rejects_candidate_worse_than_champion() -> None:
-    record = decide(metrics(0.91, champion=0.93, p_value=0.0001), Policy())
+    record = decide(metrics(0.91, champion=0.93, p_value=0.0001), GatePolicy())
     assert record["decision"] == "reject"
     assert record["values"]["accuracy_delta"] == pytest.approx(-0.02)
     assert not check(record, "min_delta")["passed"]
@@ -55,58 +55,58 @@ def test_gate_rejects_candidate_worse_than_champion() -> None:
 
 
 def test_gate_promotes_significantly_better_candidate() -> None:
-    record = decide(metrics(0.93, champion=0.92, p_value=0.01), Policy())
+    record = decide(metrics(0.93, champion=0.92, p_value=0.01), GatePolicy())
     assert record["decision"] == "promote"
     assert record["champion"] == "champ" and record["candidate"] == "cand"
     assert record["values"]["p_value"] == 0.01
 
 
 def test_gate_rejects_better_but_not_significant_candidate() -> None:
-    record = decide(metrics(0.93, champion=0.929, p_value=0.6), Policy(alpha=0.05))
+    record = decide(metrics(0.93, champion=0.929, p_value=0.6), GatePolicy(alpha=0.05))
     assert record["decision"] == "reject"
     assert not check(record, "significance")["passed"]
     assert check(record, "min_delta")["passed"]
 
 
 def test_gate_requires_the_configured_minimum_improvement() -> None:
-    record = decide(metrics(0.93, champion=0.925, p_value=0.001), Policy(min_delta=0.01))
+    record = decide(metrics(0.93, champion=0.925, p_value=0.001), GatePolicy(min_delta=0.01))
     assert record["decision"] == "reject"
     assert check(record, "min_delta")["threshold"] == 0.01
 
 
 def test_gate_threshold_is_inclusive_for_the_accuracy_floor() -> None:
-    assert decide(metrics(0.90), Policy(min_accuracy=0.90))["decision"] == "promote"
-    assert decide(metrics(0.8999), Policy(min_accuracy=0.90))["decision"] == "reject"
+    assert decide(metrics(0.90), GatePolicy(min_accuracy=0.90))["decision"] == "promote"
+    assert decide(metrics(0.8999), GatePolicy(min_accuracy=0.90))["decision"] == "reject"
 
 
 def test_gate_rejects_below_the_absolute_floor_even_without_champion() -> None:
-    record = decide(metrics(0.85), Policy(min_accuracy=0.90))
+    record = decide(metrics(0.85), GatePolicy(min_accuracy=0.90))
     assert record["decision"] == "reject"
     assert "accuracy 0.8500 < floor 0.9000" in record["reasons"][0]
 
 
 def test_gate_rejects_a_class_below_the_recall_floor() -> None:
-    record = decide(metrics(0.95, worst_recall=0.4), Policy(min_class_recall=0.6))
+    record = decide(metrics(0.95, worst_recall=0.4), GatePolicy(min_class_recall=0.6))
     assert record["decision"] == "reject"
     assert check(record, "min_class_recall")["value"] == {"class": "Shirt", "recall": 0.4}
 
 
 def test_gate_first_run_policy_is_explicit() -> None:
-    promoted = decide(metrics(0.93), Policy(first_run="promote"))
-    rejected = decide(metrics(0.93), Policy(first_run="reject"))
+    promoted = decide(metrics(0.93), GatePolicy(first_run="promote"))
+    rejected = decide(metrics(0.93), GatePolicy(first_run="reject"))
     assert promoted["decision"] == "promote" and promoted["champion"] is None
     assert rejected["decision"] == "reject"
     assert "first-run policy is 'reject'" in rejected["reasons"][0]
 
 
 def test_gate_allow_equal_accepts_non_inferior_within_tolerance() -> None:
-    policy = Policy(allow_equal=True, tolerance=0.005)
+    policy = GatePolicy(allow_equal=True, tolerance=0.005)
     assert decide(metrics(0.928, champion=0.93, p_value=0.9), policy)["decision"] == "promote"
     assert decide(metrics(0.92, champion=0.93, p_value=0.9), policy)["decision"] == "reject"
 
 
 def test_gate_force_promotes_and_records_the_reason_and_what_it_overrode() -> None:
-    record = decide(metrics(0.80, champion=0.93), Policy(force=True, force_reason="hotfix for ticket 42"))
+    record = decide(metrics(0.80, champion=0.93), GatePolicy(force=True, force_reason="hotfix for ticket 42"))
     assert record["decision"] == "promote"
     assert record["forced"] is True and record["force_reason"] == "hotfix for ticket 42"
     assert record["reasons"][0] == "forced by operator: hotfix for ticket 42"
@@ -115,12 +115,12 @@ def test_gate_force_promotes_and_records_the_reason_and_what_it_overrode() -> No
 
 def test_gate_force_without_reason_is_a_user_error() -> None:
     with pytest.raises(UserError, match="force needs a reason"):
-        decide(metrics(0.93), Policy(force=True))
+        decide(metrics(0.93), GatePolicy(force=True))
 
 
 def test_gate_refuses_metrics_without_candidate() -> None:
     with pytest.raises(UserError, match="metrics are missing"):
-        decide({"champion": None}, Policy())
+        decide({"champion": None}, GatePolicy())
 
 
 def test_mcnemar_counts_discordant_pairs_and_gives_exact_p_value() -> None:
@@ -148,7 +148,7 @@ def test_classification_metrics_per_class_and_confusion_matrix() -> None:
 
 
 def test_policy_sources_name_the_template_default_and_the_operators_override() -> None:
-    policy = Policy(min_accuracy=0.5)
+    policy = GatePolicy(min_accuracy=0.5)
     sources = policy_sources(policy, {"min_accuracy": "0.5"}, "fashion-pipeline up")
 
     assert sources["min_accuracy"] == "operator override (fashion-pipeline up -p min_accuracy=0.5)"
@@ -158,7 +158,7 @@ def test_policy_sources_name_the_template_default_and_the_operators_override() -
 
 
 def test_a_value_off_the_default_that_no_launcher_recorded_is_still_an_override() -> None:
-    sources = policy_sources(Policy(allow_equal=True, tolerance=1.0), {}, "argo submit or the Argo UI")
+    sources = policy_sources(GatePolicy(allow_equal=True, tolerance=1.0), {}, "argo submit or the Argo UI")
 
     assert sources["allow_equal"].startswith("operator override (differs from the template default")
     assert sources["tolerance"].startswith("operator override")

@@ -30,6 +30,8 @@ app = typer.Typer(
 DEFAULT_STORE = "store"
 VERBOSE_ENV = "FASHION_PIPELINE_VERBOSE"
 WORKFLOW_ENV = "FASHION_PIPELINE_WORKFLOW"
+# On a laptop the rollout goes to the local model server (the workflow's default is KServe).
+EMBEDDED_TARGET = "local"
 
 log = logging.getLogger("fashion_pipeline")
 
@@ -133,7 +135,7 @@ def embedded_defaults(declared: dict[str, str]) -> dict[str, str]:
     """What differs on a laptop: the local store, a local rollout target, S3 only if configured."""
     defaults = {
         "store": open_store().uri,
-        "rollout_target": "local",
+        "rollout_target": EMBEDDED_TARGET,
         "s3_endpoint": os.environ.get("S3_ENDPOINT", ""),
     }
     return {k: v for k, v in defaults.items() if k in declared}

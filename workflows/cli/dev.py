@@ -106,10 +106,13 @@ def _print_result(record: dict[str, Any], run_dir: Path, output: str) -> None:
 
 @app.command(rich_help_panel=PANEL)
 def render(
-    check: Annotated[bool, typer.Option("--check", help="Exit non-zero if argo/ is stale; write nothing.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit non-zero if argo/ or the payload schema is stale; write nothing.")
+    ] = False,
     out: Annotated[Path, typer.Option(help="The manifests directory.")] = Path("argo"),
 ) -> None:
-    """Compile the Hera workflows into argo/ (deterministic YAML)."""
+    """Compile the Hera workflows into argo/ (deterministic YAML), and the retrain payload's schema."""
+    from workflows.payload import SCHEMA_PATH
     from workflows.render import render as write
     from workflows.render import stale
 
@@ -117,10 +120,12 @@ def render(
         outdated = stale(out)
         if outdated:
             raise UserError(f"{', '.join(outdated)} is stale: run `fashion-pipeline render` and commit the result")
-        typer.echo(f"{out}/ is up to date")
+        typer.echo(f"{out}/ and {SCHEMA_PATH.name} are up to date")
         return
     written = write(out)
-    typer.echo("\n".join(f"wrote {path}" for path in written) or f"{out}/ was already up to date")
+    typer.echo(
+        "\n".join(f"wrote {path}" for path in written) or f"{out}/ and {SCHEMA_PATH.name} were already up to date"
+    )
 
 
 @app.command(rich_help_panel=PANEL)

@@ -6,8 +6,11 @@ on stderr, and prints a summary on stdout. The logic is in `steps/`; these only 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +18,9 @@ import typer
 
 from steps import hardware
 from steps.errors import UserError
+from workflows.arguments import Argument, Value, argo_string, step_arguments
 from workflows.cli.app import (
+    EMBEDDED_TARGET,
     STATE,
     OutOption,
     YesNo,
@@ -29,6 +34,64 @@ from workflows.cli.app import (
 )
 
 PANEL = "Pipeline steps"
+Command = Callable[..., None]
+
+
+def _option(argument: Argument, default: Value) -> inspect.Parameter:
+    """The command option of a workflow argument: its type, default, help and bounds; booleans as Argo passes them."""
+    spec = argument.spec
+    help_text = f"{spec.description}."
+    if isinstance(default, bool):
+        annotation: Any = Annotated[YesNo, typer.Option(help=help_text)]
+        default = YesNo(argo_string(default))
+    else:
+        option = typer.Option(
+            help=help_text,
+            min=None if spec.exclusive_minimum else spec.minimum,
+            max=spec.maximum,
+            metavar=f"[{'|'.join(spec.choices)}]" if spec.choices else None,
+        )
+        annotation = Annotated[type(default), option]
+    return inspect.Parameter(
+        argument.input_name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+def _argument_options(step: str, **defaults: Value) -> Callable[[Command], Command]:
+    """Give a command one option per workflow argument `step` takes (workflows/arguments.py).
+
+    Typer reads the command's signature: an argument the command declares (by its input name) keeps its
+    place and takes the table's type, default, help and bounds; the others, its dataclass's parameters,
+    are added before the command's keyword-only options and reach it as keyword arguments. `defaults`
+    are the command's own where they differ from the workflow's, by argument name.
+    """
+    arguments = step_arguments(step)
+    flags = {argument.input_name for argument in arguments if isinstance(argument.default, bool)}
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        options = {a.input_name: _option(a, defaults.get(a.name, a.default)) for a in arguments}
+        declared = [
+            p.replace(annotation=options[p.name].annotation, default=options.pop(p.name).default)
+            if p.name in options
+            else p
+            for p in signature.parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ]
+        if options and len(declared) == len(signature.parameters):
+            raise TypeError(f"{command.__name__} takes no keyword arguments for {', '.join(options)}")
+        at = next((i for i, p in enumerate(declared) if p.kind is p.KEYWORD_ONLY), len(declared))
+
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            command(**{name: value == YesNo.yes if name in flags else value for name, value in values.items()})
+
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*declared[:at], *options.values(), *declared[at:]]
+        )
+        return run
+
+    return decorate
 
 
 def _started() -> dict[str, Any]:
@@ -39,12 +102,8 @@ def _started() -> dict[str, Any]:
 
 
 @app.command(rich_help_panel=PANEL)
-def fetch(
-    data_url: Annotated[
-        str, typer.Option(help="A custom drop or mirror tried first: http(s)://, file://, s3:// or a path.")
-    ] = "",
-    out: OutOption = Path("outputs/fetch"),
-) -> None:
+@_argument_options("fetch")
+def fetch(data_url: str, out: OutOption = Path("outputs/fetch")) -> None:
     """Fetch Fashion-MNIST from the first valid mirror into the store (once per digest)."""
     from steps.dataset import fetch_dataset, mirror_chain
     from steps.lineage import lineage_record, write_lineage
@@ -94,15 +153,10 @@ DatasetOption = Annotated[
 
 
 @app.command(rich_help_panel=PANEL)
+@_argument_options("train")
 def train(
     dataset: DatasetOption = "",
-    epochs: Annotated[int | None, typer.Option(help="Passes over the train split (default 8).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step (default 128).")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.003).")] = None,
-    seed: int = 42,
-    architecture: Annotated[str | None, typer.Option(help="fast-cnn, wide-cnn or small-cnn.")] = None,
-    train_limit: Annotated[int, typer.Option(help="Train on this many images (0 = all).")] = 0,
-    precision: Annotated[str | None, typer.Option(help="auto, mixed_bfloat16 or float32.")] = None,
+    *,
     threads: Annotated[
         int,
         typer.Option(
@@ -111,22 +165,14 @@ def train(
         ),
     ] = 0,
     out: OutOption = Path("outputs/train"),
+    **values: Any,
 ) -> None:
     """Train the CNN, export a SavedModel and publish it as a new registry version."""
     from steps.registry import code_version
     from steps.train import TrainParams
     from steps.train import train as run_train
 
-    defaults = TrainParams()
-    params = TrainParams(
-        epochs=defaults.epochs if epochs is None else epochs,
-        batch_size=defaults.batch_size if batch_size is None else batch_size,
-        learning_rate=defaults.learning_rate if learning_rate is None else learning_rate,
-        seed=seed,
-        architecture=architecture or defaults.architecture,
-        train_limit=train_limit,
-        precision=precision or defaults.precision,
-    )
+    params = TrainParams(**values)
     params.check()
     result = run_train(
         _default_dataset(dataset),
@@ -193,39 +239,23 @@ def evaluate(
 
 
 @app.command(rich_help_panel=PANEL)
+@_argument_options("gate")
 def gate(
     metrics: Annotated[
         str, typer.Option(help="evaluate's metrics: a metrics.json path, or its record's URI in the store.")
     ] = "outputs/evaluate/metrics.json",
-    min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.90,
-    min_class_recall: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.60,
-    min_delta: Annotated[float, typer.Option(min=-1.0, max=1.0)] = 0.0,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
-    allow_equal: Annotated[
-        YesNo, typer.Option(help="Accept a non-inferior candidate (within --tolerance) instead.")
-    ] = YesNo.no,
-    tolerance: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.005,
-    first_run: Annotated[str, typer.Option(help="With no champion: promote or reject.")] = "promote",
+    *,
     force: Annotated[bool, typer.Option(help="Promote whatever the checks say (needs --force-reason).")] = False,
     force_reason: str = "",
     out: OutOption = Path("outputs/gate"),
+    **values: Any,
 ) -> None:
     """Apply the promotion policy to evaluate's metrics and write the decision record."""
-    from steps.gate import Policy, read_metrics
+    from steps.gate import GatePolicy, read_metrics
     from steps.gate import gate as run_gate
     from workflows import trigger
 
-    policy = Policy(
-        min_accuracy=min_accuracy,
-        min_class_recall=min_class_recall,
-        min_delta=min_delta,
-        alpha=alpha,
-        allow_equal=allow_equal == YesNo.yes,
-        tolerance=tolerance,
-        first_run=first_run,
-        force=force,
-        force_reason=force_reason,
-    )
+    policy = GatePolicy(**values, force=force, force_reason=force_reason)
     started = _started()
     audit = {"workflow": workflow_name(), "trigger": started}
     record = run_gate(open_registry(), read_metrics(metrics), policy, out, audit, trigger.operator_values(started))
@@ -236,12 +266,14 @@ def gate(
 
 
 @app.command(rich_help_panel=PANEL)
+@_argument_options("rollout", rollout_target=EMBEDDED_TARGET, reason="rollout")
 def rollout(
     model: Annotated[str, typer.Option(help="The version to roll out: a version id, an alias, or 'latest'.")],
     dataset: DatasetOption = "",
-    target: Annotated[str, typer.Option(help="local (the embedded default) or kserve.")] = "local",
-    canary_percent: Annotated[int, typer.Option(help="Traffic share of the canary while it is probed.")] = 10,
-    reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "rollout",
+    *,
+    target: str,
+    reason: str,
+    serving_runtime: str,
     server_url: Annotated[
         str,
         typer.Option(
@@ -258,17 +290,12 @@ def rollout(
         ),
     ] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,
-    serving_runtime: Annotated[
-        str,
-        typer.Option(
-            help="kserve target: tensorflow (TF Serving, amd64 images only) or custom (this image's own server)."
-        ),
-    ] = "tensorflow",
     serving_image: Annotated[
         str | None,
         typer.Option(help="kserve target, custom runtime: the image to run (default: the step image)."),
     ] = None,
     out: OutOption = Path("outputs/rollout"),
+    **values: Any,
 ) -> None:
     """Roll a version out: preflight, canary, probe, then promote or roll back automatically."""
     from steps.rollout import RolloutPolicy
@@ -277,7 +304,7 @@ def rollout(
     from workflows.templates import IMAGE
 
     registry = open_registry()
-    policy = RolloutPolicy(canary_percent=canary_percent, ready_timeout_s=ready_timeout)
+    policy = RolloutPolicy(**values, ready_timeout_s=ready_timeout)
     policy.check()
     options = TargetOptions(
         server_url=server_url,

@@ -1,0 +1,80 @@
+"""A step's parameters, each declared once: a dataclass field whose default carries what it means and its bounds.
+
+    min_accuracy: float = parameter(0.90, "Gate: absolute test-accuracy floor", minimum=0, maximum=1)
+
+workflows/arguments.py makes each such field a workflow argument, an input of the step's template,
+an option of the step's command and, where events may set it, a field of the retrain payload;
+`check` holds a value to the same bounds wherever the dataclass is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from steps.errors import UserError
+
+T = TypeVar("T", bool, int, float, str)
+_SPEC = "spec"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a parameter means and which values it takes."""
+
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False  # `minimum` itself is out
+    choices: tuple[str, ...] = ()
+
+    def bounds(self) -> str:
+        """The range in words: `between 0 and 1`, `in (0, 1]`, `at least 1`."""
+        low, high = _number(self.minimum), _number(self.maximum)
+        if self.exclusive_minimum:
+            return f"in ({low}, {high}]" if high else f"greater than {low}"
+        if low and high:
+            return f"between {low} and {high}"
+        return f"at least {low}" if low else f"at most {high}"
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """Why `name` cannot be `value` (None: it can)."""
+        if self.choices and value not in self.choices:
+            return f"unknown {name} {value!r}: choose one of {', '.join(self.choices)}"
+        low, high = self.minimum, self.maximum
+        below = low is not None and (value <= low if self.exclusive_minimum else value < low)
+        if below or (high is not None and value > high):
+            return f"{name} must be {self.bounds()} (got {value})"
+        return None
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parameter(
+    default: T,
+    description: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    choices: Iterable[str] = (),
+) -> T:
+    """A dataclass field's default that declares the field a parameter of its step (see the module's docstring)."""
+    spec = Spec(description, minimum, maximum, exclusive_minimum, tuple(choices))
+    return field(default=default, metadata={_SPEC: spec})
+
+
+def specs(params: type) -> dict[str, tuple[Any, Spec]]:
+    """The parameters a dataclass declares: name -> (default, spec), in field order."""
+    return {f.name: (f.default, f.metadata[_SPEC]) for f in fields(params) if _SPEC in f.metadata}
+
+
+def check(params: Any) -> None:
+    """Raise a UserError naming the first parameter of the dataclass `params` that is out of its bounds."""
+    for name, (_, spec) in specs(type(params)).items():
+        problem = spec.problem(name, getattr(params, name))
+        if problem:
+            raise UserError(problem)
