@@ -59,14 +59,14 @@ class AliasWatcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, poll_seconds: float) -> None:
-        """Follow the aliases every `poll_seconds` in a thread of its own, until `stop`."""
+    def start(self, poll_s: float) -> None:
+        """Follow the aliases every `poll_s` in a thread of its own, until `stop`."""
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._follow, args=(poll_seconds,), name="alias-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._follow, args=(poll_s,), name="alias-watcher", daemon=True)
         self._thread.start()
 
-    def _follow(self, poll_seconds: float) -> None:
-        while not self._stopping.wait(poll_seconds):
+    def _follow(self, poll_s: float) -> None:
+        while not self._stopping.wait(poll_s):
             try:
                 self.sync()
             except Exception as exc:  # the watcher must survive a flaky store

@@ -160,7 +160,7 @@ def build_server(
     registry: Registry | None,
     host: str,
     port: int,
-    poll_seconds: float = 2.0,
+    poll_s: float = 2.0,
     storage_uri: str = "",
     precision: str = "auto",
     threads: int = 1,
@@ -180,6 +180,6 @@ def build_server(
         raise UserError("serve needs a registry or a storage URI")
     # FastAPI warns about KServe's response class on every request.
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
-    model = FashionModel(router, watcher, poll_seconds)
+    model = FashionModel(router, watcher, poll_s)
     model.load()
     return ModelServer(model, host, port, access_log, reuse_port)
