@@ -17,17 +17,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from steps.dataset import load_dataset
 from steps.errors import UserError
 from steps.model import load_serving_function
 from steps.parameters import check as check_parameters
 from steps.parameters import parameter
 from steps.registry import Registry
-from steps.targets import Target
+from steps.targets import READY_TIMEOUT_S, Target
+
+if TYPE_CHECKING:  # numpy and the dataset load on use: the CLI reads this module's settings at start
+    import numpy as np
 
 log = logging.getLogger(__name__)
 PREFLIGHT_MIN_ACCURACY = 0.5
@@ -42,7 +42,7 @@ class RolloutPolicy:
     canary_percent: int = parameter(
         10, "Rollout: share of traffic the canary gets while it is probed", minimum=0, maximum=100
     )
-    ready_timeout_s: float = 300.0
+    ready_timeout_s: float = READY_TIMEOUT_S
     holdout: int = 512  # the last images of the test split
     probe_batch: int = 32
     max_error_rate: float = 0.0
@@ -57,6 +57,7 @@ class RolloutPolicy:
 
 def preflight(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Load the SavedModel and answer a holdout sample; raises RolloutError if it cannot serve sanely."""
+    import numpy as np
     import tensorflow as tf
 
     started = time.perf_counter()
@@ -102,6 +103,8 @@ def rollout(
     """
     policy.check()
     registry.require(version)
+    from steps.dataset import load_dataset
+
     dataset = load_dataset(dataset_uri)
     images, labels = dataset.x_test[-policy.holdout :], dataset.y_test[-policy.holdout :]
     record: dict[str, Any] = {

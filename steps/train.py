@@ -9,16 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from steps.dataset import load_dataset
 from steps.hardware import cpu_has_bf16
 from steps.model import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, export_saved_model
 from steps.parameters import check as check_parameters
 from steps.parameters import parameter
 from steps.registry import Registry
+
+if TYPE_CHECKING:  # numpy and the dataset load on use: the CLI reads TrainParams at start
+    import numpy as np
 
 log = logging.getLogger(__name__)
 # auto: mixed_bfloat16 where the CPU runs it natively (AMX, AVX-512 BF16), float32 elsewhere.
@@ -95,6 +95,8 @@ def train(
     `on_epoch(done, epochs, metrics)` is told 0 when fitting starts, then each finished epoch.
     `threads` sizes TensorFlow's thread pools (0: TensorFlow's default, one thread per host core).
     """
+    from steps.dataset import load_dataset
+
     params.check()
     dataset = load_dataset(dataset_uri)
     x, y = _subset(dataset.x_train, dataset.y_train, params.train_limit, params.seed)
@@ -148,6 +150,8 @@ def train(
 
 def _subset(x: np.ndarray, y: np.ndarray, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A class-stratified-in-expectation random subset (all of it when `limit` is 0), shuffled."""
+    import numpy as np
+
     order = np.random.default_rng(seed).permutation(len(x))
     if limit:
         order = order[:limit]

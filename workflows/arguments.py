@@ -16,8 +16,7 @@ from decimal import Decimal
 from steps.gate import GatePolicy
 from steps.parameters import Spec, specs
 from steps.rollout import RolloutPolicy
-from steps.targets import TARGETS
-from steps.targets.kserve import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES
+from steps.targets import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES, TARGETS
 from steps.train import TrainParams
 from workflows import trigger
 

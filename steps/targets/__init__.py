@@ -12,14 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from steps.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from steps.registry import Registry
 
 log = logging.getLogger(__name__)
+# kserve: TF Serving (amd64 images only), or the step image's own server (arm64 too).
+SERVING_RUNTIMES = ("tensorflow", "custom")
+DEFAULT_SERVING_RUNTIME = "tensorflow"
+READY_TIMEOUT_S = 300.0  # how long a canary, or a restored production, may take to be ready
 
 
 @dataclass
@@ -42,6 +46,8 @@ class ProbeResult:
 
     @property
     def p95_ms(self) -> float:
+        import numpy as np
+
         return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else float("inf")
 
 
@@ -93,9 +99,9 @@ class TargetOptions:
     server_url: str = "http://127.0.0.1:8080"  # local: the model server
     namespace: str = "fashion"  # kserve: the InferenceService's namespace
     probe_url: str | None = None  # kserve: probe through this base URL with a Host header
-    serving_runtime: str = "tensorflow"  # kserve: tensorflow (TF Serving) or custom (the step image's server)
+    serving_runtime: str = DEFAULT_SERVING_RUNTIME  # kserve: one of SERVING_RUNTIMES
     serving_image: str | None = None  # kserve, custom runtime: the image to run
-    ready_timeout_s: float = 300.0  # kserve: how long a restored production may take to be ready
+    ready_timeout_s: float = READY_TIMEOUT_S  # kserve: how long a restored production may take to be ready
 
 
 def _local(registry: Registry, options: TargetOptions) -> Target | None:

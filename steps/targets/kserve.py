@@ -50,7 +50,7 @@ from steps.errors import UserError
 from steps.registry import MODEL_NAME
 from steps.serving.probe import probe_over_http
 from steps.serving.protocol import predict_path, ready_path
-from steps.targets import ProbeResult
+from steps.targets import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES, ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # The `tensorflow/serving` image tag. There is no TF Serving 2.21 (tensorflow/serving#4130): 2.20.0 is
 # the newest release, and tests/model/test_serving_runtime.py checks that a TF 2.21 export answers under it.
 DEFAULT_RUNTIME_VERSION = "2.20.0"
-SERVING_RUNTIMES = ("tensorflow", "custom")
-DEFAULT_SERVING_RUNTIME = "tensorflow"
 DEFAULT_SERVICE_ACCOUNT = "fashion-mnist-predictor"
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},

@@ -18,6 +18,7 @@ import typer
 
 from steps import hardware
 from steps.errors import UserError
+from steps.targets import READY_TIMEOUT_S
 from workflows.arguments import Argument, Value, argo_string, step_arguments
 from workflows.cli.app import (
     EMBEDDED_TARGET,
@@ -289,7 +290,9 @@ def rollout(
             help="kserve target: probe through this base URL (e.g. a port-forward to the ingress) with a Host header.",
         ),
     ] = None,
-    ready_timeout: Annotated[float, typer.Option(help="Seconds the canary may take to become ready.")] = 300.0,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds the canary may take to become ready.")
+    ] = READY_TIMEOUT_S,
     serving_image: Annotated[
         str | None,
         typer.Option(help="kserve target, custom runtime: the image to run (default: the step image)."),
