@@ -60,8 +60,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> Model
         for seed in (1, 2, 3)
     ]
     data = load_dataset(dataset.uri)
-    versions = [result.version for result in trained]
-    return Models(registry, dataset.uri, *versions, data.x_test[-HOLDOUT:], data.y_test[-HOLDOUT:])
+    a, b, c = (result.version for result in trained)
+    return Models(registry, dataset.uri, a, b, c, data.x_test[-HOLDOUT:], data.y_test[-HOLDOUT:])
 
 
 @pytest.fixture(scope="module")

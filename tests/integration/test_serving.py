@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_v1_answers_like_tf_serving_and_names_the_version(server: ServerProcess,
 
 
 def test_v2_infer_and_per_model_readiness(server: ServerProcess) -> None:
-    body = {
+    body: dict[str, Any] = {
         "id": "req-1",
         "inputs": [{"name": "image", "shape": [2, 28, 28], "datatype": "FP32", "data": np.zeros(2 * 784).tolist()}],
     }

@@ -270,7 +270,9 @@ def test_the_served_model_follows_kserve_lifecycle(
     assert not watcher.running() and not model.batcher.running()
     model.start()
     assert watcher.running() and model.batcher.running()
-    version = registry.alias("production")["version"]  # type: ignore[index]
+    production = registry.alias("production")
+    assert production is not None
+    version = production["version"]
     registry.set_alias("canary", version, "lifecycle test", actor="test", extra={"percent": 10})
     wait_for(lambda: router.canary is not None, "the watcher to follow the canary alias", timeout=60)
     model.stopping()

@@ -27,7 +27,9 @@ CLI_DEFAULTS = {("rollout", "rollout_target"): "local", ("rollout", "reason"): "
 
 def _options(step: str) -> dict[str, Any]:
     """The options of the command `step`, by parameter name, as the CLI parses them."""
-    command = typer.main.get_command(app).commands[step]
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    command = group.commands[step]
     return {option.name: option for option in command.params}
 
 
