@@ -19,7 +19,7 @@ from conftest import CLI, FILE_NAMES, PROMOTED_PHASES, S3Server
 
 from workflows import templates
 from workflows.engine import Engine
-from workflows.runtime import ContainerRuntime
+from workflows.engine.runtime import ContainerRuntime
 
 BASE_IMAGE = "localhost/fashion-pipeline/python:3.11-bookworm"
 

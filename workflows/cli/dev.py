@@ -55,8 +55,8 @@ def run(
     """
     from workflows import trigger
     from workflows.engine import Engine, load_manifest, resolve_parameters, workflow_parameters
+    from workflows.engine.runtime import make_runtime
     from workflows.progress import Progress
-    from workflows.runtime import make_runtime
     from workflows.shutdown import Shutdown, kill_descendants
 
     if output not in OUTPUT_FORMATS:

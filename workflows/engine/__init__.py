@@ -5,7 +5,7 @@ script templates, workflow/input/output parameters (`valueFrom.path`, `default`,
 output artifacts, `when`, `retryStrategy`, `activeDeadlineSeconds`, `onExit`, template mutexes
 and the `{{workflow.*}}` variables used — with Argo's semantics. Anything else is refused by
 name before a node runs. Values reach the nodes byte for byte as Argo v4.1.2 passes them. Where a
-node runs is the runtime's business (workflows/runtime.py): a subprocess of this Python environment
+node runs is the runtime's business (workflows/engine/runtime.py): a subprocess of this Python environment
 (outputs mapped to a per-node directory under `runs/<workflow>/`), or the template's image under
 podman/docker with the pod's security context and limits. Fields that only matter to a cluster
 (GC, metrics, and on the process runtime pod security and resources) are ignored and listed in the

@@ -2,7 +2,7 @@
 
 The template becomes a pod spec with every `{{...}}` substituted; the node holds its template's
 mutexes, is retried by its retryStrategy, and its outputs are read back as the executor saves them.
-Where the pod runs is the runtime's business (workflows/runtime.py).
+Where the pod runs is the runtime's business (workflows/engine/runtime.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from steps.errors import UserError
 from workflows.argo_expressions import replace_tags
 from workflows.engine.manifest import UnsupportedConstruct
 from workflows.engine.records import Node, Run
+from workflows.engine.runtime import Exit, Pod, Runtime, pod_name
 from workflows.node_watch import NodeProgress, watch_node
-from workflows.runtime import Exit, Pod, Runtime, pod_name
 
 
 def substitute(text: str, scope: dict[str, str], where: str) -> str:

@@ -21,7 +21,7 @@ from workflows.argo_expressions import evaluate_depends, evaluate_when, referenc
 from workflows.engine.manifest import check_supported, resolve_parameters
 from workflows.engine.nodes import Limits, NodeRunner, substitute
 from workflows.engine.records import Node, Run, iso
-from workflows.runtime import ProcessRuntime, Runtime, pod_name
+from workflows.engine.runtime import ProcessRuntime, Runtime, pod_name
 
 # Argo maps the entry node's phase to the workflow's (operator.go, operate): Skipped and Omitted succeed.
 _WORKFLOW_STATUS = {"Succeeded": "Succeeded", "Skipped": "Succeeded", "Omitted": "Succeeded", "Failed": "Failed"}
