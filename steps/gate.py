@@ -21,12 +21,10 @@ from typing import Any
 
 from steps.errors import UserError
 from steps.parameters import check as check_parameters
-from steps.parameters import parameter, specs
+from steps.parameters import parameter, policy_sources, specs
 from steps.registry import Registry
 
 FIRST_RUN_POLICIES = ("promote", "reject")
-TEMPLATE_DEFAULT = "template default"
-OPERATOR_OVERRIDE = "operator override"
 
 
 @dataclass(frozen=True)
@@ -52,24 +50,6 @@ class GatePolicy:
 
 # The policy values a run sets (its workflow arguments); force is recorded on its own.
 POLICY_FIELDS = tuple(specs(GatePolicy))
-
-
-def policy_sources(policy: GatePolicy, operator: Mapping[str, str], launcher: str) -> dict[str, str]:
-    """Where each policy value came from: the template's default (GatePolicy's defaults), or an operator's override.
-
-    `operator` holds the `-p` values the launcher recorded; a value that differs from the default
-    without such a record was set where this run cannot see (argo submit -p, an edited template).
-    """
-    defaults = GatePolicy()
-    sources = {}
-    for name in POLICY_FIELDS:
-        if name in operator:
-            sources[name] = f"{OPERATOR_OVERRIDE} ({launcher} -p {name}={operator[name]})"
-        elif getattr(policy, name) == getattr(defaults, name):
-            sources[name] = TEMPLATE_DEFAULT
-        else:
-            sources[name] = f"{OPERATOR_OVERRIDE} (differs from the template default; the launcher did not record it)"
-    return sources
 
 
 @dataclass(frozen=True)
@@ -253,19 +233,17 @@ def gate(
     policy: GatePolicy,
     out_dir: Path,
     audit: Mapping[str, Any],
-    operator: Mapping[str, str],
 ) -> dict[str, Any]:
     """The gate step: decide, keep the decision with the candidate's version, write decision.json and the model card.
 
-    `audit` (the workflow and the trigger that started it) goes into the record; `operator` holds
-    the `-p` values the launcher recorded, so the record says where each policy value came from.
+    `audit` (the workflow and the trigger that started it) goes into the record, which also says
+    where each policy value came from (the trigger records the operator's `-p` values).
     """
     from steps.report import data_lines, model_card_markdown
 
     record = decide(metrics, policy)
     record.update(audit)
-    launcher = str((audit.get("trigger") or {}).get("via"))
-    record["policy_sources"] = policy_sources(policy, operator, launcher)
+    record["policy_sources"] = policy_sources(policy, audit.get("trigger") or {})
     candidate = record["candidate"]
     if candidate:
         registry.add_record(candidate, "decisions", record)

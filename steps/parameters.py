@@ -9,7 +9,7 @@ an option of the step's command and, where events may set it, a field of the ret
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -17,6 +17,8 @@ from steps.errors import UserError
 
 T = TypeVar("T", bool, int, float, str)
 _SPEC = "spec"
+TEMPLATE_DEFAULT = "template default"
+OPERATOR_OVERRIDE = "operator override"
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,24 @@ def check(params: Any) -> None:
         problem = spec.problem(name, getattr(params, name))
         if problem:
             raise UserError(problem)
+
+
+def policy_sources(params: Any, started: Mapping[str, Any]) -> dict[str, str]:
+    """Where each parameter of the dataclass `params` came from: the template's default, or an operator.
+
+    `started` is the run's trigger (workflows/trigger.py): its `operator` holds the `-p` values the
+    launcher (`via`) recorded. A value that differs from the default without such a record was set
+    where this run cannot see (argo submit -p, an edited template).
+    """
+    recorded = started.get("operator")
+    operator = {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+    launcher = started.get("via")
+    sources = {}
+    for name, (default, _) in specs(type(params)).items():
+        if name in operator:
+            sources[name] = f"{OPERATOR_OVERRIDE} ({launcher} -p {name}={operator[name]})"
+        elif getattr(params, name) == default:
+            sources[name] = TEMPLATE_DEFAULT
+        else:
+            sources[name] = f"{OPERATOR_OVERRIDE} (differs from the template default; the launcher did not record it)"
+    return sources

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from steps.errors import UserError
 from steps.model import load_serving_function
 from steps.parameters import check as check_parameters
-from steps.parameters import parameter
+from steps.parameters import parameter, policy_sources
 from steps.registry import Registry
 from steps.targets import READY_TIMEOUT_S, Target
 
@@ -99,7 +99,8 @@ def rollout(
 ) -> dict[str, Any]:
     """Roll `version` out on `target` (None: no server to deploy to, so a preflighted registry promotion).
 
-    `audit` (which workflow and trigger asked for this) goes into the record and the alias history.
+    `audit` (which workflow and trigger asked for this) goes into the record and the alias history;
+    the record also says where each policy value came from (the trigger records the operator's `-p`).
     """
     policy.check()
     registry.require(version)
@@ -113,6 +114,7 @@ def rollout(
         "reason": reason,
         "policy": asdict(policy),
         **(audit or {}),
+        "policy_sources": policy_sources(policy, (audit or {}).get("trigger") or {}),
         "outcome": "failed",
         "checks": [],
     }

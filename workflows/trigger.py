@@ -50,9 +50,3 @@ def read(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("by"), str):
         return {"by": "unknown", "via": "unreadable trigger argument", "raw": text[:_RAW_LIMIT]}
     return value
-
-
-def operator_values(record: Mapping[str, Any]) -> dict[str, str]:
-    """The `-p` values the launcher says the operator set (empty when it recorded none)."""
-    values = record.get("operator")
-    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}

@@ -117,6 +117,8 @@ def test_a_valid_event_starts_exactly_one_run_with_its_parameters(receiver: Rece
         decision["policy_sources"]["min_accuracy"] == "operator override (fashion-pipeline webhook -p min_accuracy=0)"
     )
     assert decision["policy_sources"]["alpha"] == "template default"
+    [rolled_out] = registry.records(version, "rollouts")
+    assert rolled_out["trigger"] == started and rolled_out["policy_sources"] == {"canary_percent": "template default"}
     [change] = registry.history("production")
     assert change["version"] == version and change["trigger"] == started
     assert change["workflow"] == "retrain-drop-2026-11-27"

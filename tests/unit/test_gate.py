@@ -12,7 +12,9 @@ import pytest
 from steps.dataset import CLASS_NAMES
 from steps.errors import UserError
 from steps.evaluate import classification_metrics, mcnemar_exact
-from steps.gate import POLICY_FIELDS, GatePolicy, decide, policy_sources
+from steps.gate import POLICY_FIELDS, GatePolicy, decide
+from steps.parameters import policy_sources
+from steps.rollout import RolloutPolicy
 from workflows import trigger
 from workflows.cli import main
 
@@ -149,7 +151,9 @@ def test_classification_metrics_per_class_and_confusion_matrix() -> None:
 
 def test_policy_sources_name_the_template_default_and_the_operators_override() -> None:
     policy = GatePolicy(min_accuracy=0.5)
-    sources = policy_sources(policy, {"min_accuracy": "0.5"}, "fashion-pipeline up")
+    sources = policy_sources(
+        policy, {"by": "webhook", "via": "fashion-pipeline up", "operator": {"min_accuracy": "0.5"}}
+    )
 
     assert sources["min_accuracy"] == "operator override (fashion-pipeline up -p min_accuracy=0.5)"
     assert {name: source for name, source in sources.items() if name != "min_accuracy"} == dict.fromkeys(
@@ -158,11 +162,20 @@ def test_policy_sources_name_the_template_default_and_the_operators_override() -
 
 
 def test_a_value_off_the_default_that_no_launcher_recorded_is_still_an_override() -> None:
-    sources = policy_sources(GatePolicy(allow_equal=True, tolerance=1.0), {}, "argo submit or the Argo UI")
+    sources = policy_sources(GatePolicy(allow_equal=True, tolerance=1.0), {"by": "manual", "via": "argo submit"})
 
     assert sources["allow_equal"].startswith("operator override (differs from the template default")
     assert sources["tolerance"].startswith("operator override")
     assert sources["min_accuracy"] == "template default"
+
+
+def test_the_rollout_policy_has_its_sources_too() -> None:
+    started = {"by": "cli", "via": "fashion-pipeline run", "operator": {"canary_percent": "50"}}
+
+    assert policy_sources(RolloutPolicy(canary_percent=50), started) == {
+        "canary_percent": "operator override (fashion-pipeline run -p canary_percent=50)"
+    }
+    assert policy_sources(RolloutPolicy(), {"by": "unknown"}) == {"canary_percent": "template default"}
 
 
 def test_decision_record_names_the_trigger_and_the_source_of_each_policy_value(

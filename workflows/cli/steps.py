@@ -254,12 +254,11 @@ def gate(
     """Apply the promotion policy to evaluate's metrics and write the decision record."""
     from steps.gate import GatePolicy, read_metrics
     from steps.gate import gate as run_gate
-    from workflows import trigger
 
     policy = GatePolicy(**values, force=force, force_reason=force_reason)
     started = _started()
     audit = {"workflow": workflow_name(), "trigger": started}
-    record = run_gate(open_registry(), read_metrics(metrics), policy, out, audit, trigger.operator_values(started))
+    record = run_gate(open_registry(), read_metrics(metrics), policy, out, audit)
     write_outputs(out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
     echo_summary(
         {"decision": record["decision"], "reasons": "; ".join(record["reasons"]), "record": out / "decision.json"}
