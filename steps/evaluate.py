@@ -23,9 +23,9 @@ def predict_classes(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """Class ids from the model's serving signature, in batches."""
     import tensorflow as tf
 
-    serve = load_serving_function(model_dir)
+    signature = load_serving_function(model_dir)
     out = [
-        serve(image=tf.constant(images[i : i + _BATCH], tf.float32))["class_id"].numpy()
+        signature(image=tf.constant(images[i : i + _BATCH], tf.float32))["class_id"].numpy()
         for i in range(0, len(images), _BATCH)
     ]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -35,20 +35,20 @@ def measure_latency(model_dir: Path, images: np.ndarray, repeats: int = 50) -> d
     """In-process latency of the serving signature: single image p50/p95, and batch throughput."""
     import tensorflow as tf
 
-    serve = load_serving_function(model_dir)
+    signature = load_serving_function(model_dir)
     single = tf.constant(images[:1], tf.float32)
-    serve(image=single)  # warm-up: first call traces and allocates
+    signature(image=single)  # warm-up: first call traces and allocates
     timings = []
     for _ in range(repeats):
         t = time.perf_counter()
-        serve(image=single)["class_id"].numpy()
+        signature(image=single)["class_id"].numpy()
         timings.append(time.perf_counter() - t)
     batch = tf.constant(images[:256], tf.float32)
-    serve(image=batch)
+    signature(image=batch)
     t = time.perf_counter()
     rounds = 5
     for _ in range(rounds):
-        serve(image=batch)["class_id"].numpy()
+        signature(image=batch)["class_id"].numpy()
     per_batch = (time.perf_counter() - t) / rounds
     return {
         "single_p50_ms": round(float(np.percentile(timings, 50)) * 1000, 3),

@@ -62,8 +62,8 @@ def preflight(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict[s
 
     started = time.perf_counter()
     try:
-        serve = load_serving_function(model_dir)
-        out = serve(image=tf.constant(images, tf.float32))
+        signature = load_serving_function(model_dir)
+        out = signature(image=tf.constant(images, tf.float32))
         probabilities, class_id = out["probabilities"].numpy(), out["class_id"].numpy()
     except (UserError, tf.errors.OpError, KeyError, TypeError, ValueError) as exc:
         raise RolloutError(f"preflight: the candidate at {model_dir} cannot serve: {exc}") from exc

@@ -67,7 +67,7 @@ def in_process(version_root: str, images: np.ndarray, seconds: float) -> float:
     batch = tf.constant(images[:32])
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        loaded.serve(image=batch)["class_id"].numpy()
+        loaded.signature(image=batch)["class_id"].numpy()
         count += 32
     return count / (time.perf_counter() - started)
 

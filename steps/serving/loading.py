@@ -17,18 +17,18 @@ Prediction = tuple[np.ndarray, np.ndarray]
 @dataclass(frozen=True)
 class Loaded:
     version: str
-    serve: Any  # the SavedModel's serving_default
+    signature: Any  # the SavedModel's serving_default
 
     def predict(self, images: np.ndarray) -> Prediction:
         import tensorflow as tf
 
-        out = self.serve(image=tf.constant(images))
+        out = self.signature(image=tf.constant(images))
         return out["probabilities"].numpy(), out["class_id"].numpy()
 
 
 def _load_warm(version: str, model_dir: Any) -> Loaded:
     """Load and warm a SavedModel: the first calls trace and allocate, so requests never pay for them."""
-    loaded = Loaded(version=version, serve=load_serving_function(model_dir))
+    loaded = Loaded(version=version, signature=load_serving_function(model_dir))
     for batch in (1, 32):
         loaded.predict(np.zeros((batch, 28, 28), np.float32))
     return loaded
