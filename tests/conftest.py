@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -276,3 +277,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if model_lane in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+
+
+def dag_workflow(
+    generate_name: str, tasks: list[dict[str, Any]], *templates: dict[str, Any], **spec: Any
+) -> dict[str, Any]:
+    """A Workflow whose entrypoint `main` is a DAG of `tasks` over `templates` (plus any other spec fields)."""
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": generate_name},
+        "spec": {
+            "entrypoint": "main",
+            **spec,
+            "templates": [{"name": "main", "dag": {"tasks": tasks}}, *templates],
+        },
+    }

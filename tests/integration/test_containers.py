@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, FILE_NAMES, PROMOTED_PHASES, S3Server
+from conftest import CLI, FILE_NAMES, PROMOTED_PHASES, S3Server, dag_workflow
 
 from workflows import templates
 from workflows.engine import Engine
@@ -60,25 +60,12 @@ def _probe_workflow(code: str, outputs: list[str], **pod: Any) -> dict[str, Any]
             },
         ],
     }
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"generateName": "probe-"},
-        "spec": {
-            "entrypoint": "main",
-            "securityContext": pod,
-            "templates": [
-                {"name": "main", "dag": {"tasks": [{"name": "probe", "template": "probe"}]}},
-                {
-                    "name": "probe",
-                    "container": container,
-                    "outputs": {
-                        "parameters": [{"name": n, "valueFrom": {"path": f"/tmp/outputs/{n}"}} for n in outputs]
-                    },
-                },
-            ],
-        },
+    probe = {
+        "name": "probe",
+        "container": container,
+        "outputs": {"parameters": [{"name": n, "valueFrom": {"path": f"/tmp/outputs/{n}"}} for n in outputs]},
     }
+    return dag_workflow("probe-", [{"name": "probe", "template": "probe"}], probe, securityContext=pod)
 
 
 FACTS = """

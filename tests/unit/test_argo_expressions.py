@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SCHEMAS
+from conftest import SCHEMAS, dag_workflow
 
 from steps.errors import UserError
 from workflows.argo_expressions import (
@@ -38,15 +38,7 @@ def runs(depends: str, **phases: str) -> bool:
 def dag(*tasks: dict[str, Any]) -> dict[str, Any]:
     """A Workflow whose DAG tasks each run `python -c pass` (a real process under the engine)."""
     noop = {"name": "noop", "container": {"image": "python:3.11", "command": ["python", "-c", "pass"]}}
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"generateName": "expr-"},
-        "spec": {
-            "entrypoint": "main",
-            "templates": [{"name": "main", "dag": {"tasks": [{"template": "noop", **t} for t in tasks]}}, noop],
-        },
-    }
+    return dag_workflow("expr-", [{"template": "noop", **t} for t in tasks], noop)
 
 
 def lint(manifest: dict[str, Any]) -> list[str]:

@@ -62,24 +62,16 @@ class Limits:
         return None
 
 
+@dataclass
 class NodeRunner:
     """Runs the container and script nodes of one run; `changed` is called whenever a node changes."""
 
-    def __init__(
-        self,
-        run: Run,
-        runtime: Runtime,
-        pod_security: dict[str, Any],
-        locks_dir: Path,
-        limits: Limits,
-        changed: Callable[[Node], None],
-    ) -> None:
-        self.run = run
-        self.runtime = runtime
-        self.pod_security = pod_security
-        self.locks_dir = locks_dir
-        self.limits = limits
-        self.changed = changed
+    run: Run
+    runtime: Runtime
+    pod_security: dict[str, Any]
+    locks_dir: Path
+    limits: Limits
+    changed: Callable[[Node], None]
 
     def execute(self, template: dict[str, Any], node: Node, scope: dict[str, str]) -> None:
         """Run `node` to its end under the template's mutexes; its phase and message say how it went."""
