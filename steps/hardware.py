@@ -1,21 +1,97 @@
-"""What this CPU can do, where it changes how TensorFlow should run."""
+"""What this CPU can do, where it changes how TensorFlow should run: the tier, bfloat16, oneDNN.
+
+Three tiers of 2-core x86 machine run this project, and the same training differs 10x between them
+(README, "Measured"). The tier is read from /proc/cpuinfo, the file `scripts/as-avx2.sh` replaces to
+run a command as on an AVX2-only CPU.
+"""
 
 from __future__ import annotations
+
+import os
+import platform
+from collections.abc import MutableMapping
 
 # A container's limits.cpu in whole CPUs (rounded up): the train template sets it through the downward
 # API (resourceFieldRef), `fashion-pipeline train --threads` reads it.
 CPU_LIMIT_ENV = "FASHION_PIPELINE_CPU_LIMIT"
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+AMX = "amx"
+AVX512_BF16 = "avx512-bf16"
+AVX512 = "avx512"
+AVX2 = "avx2"
+BASELINE = "baseline"  # x86 without AVX2, or a CPU whose flags cannot be read
+ARM64 = "arm64"
+# Where oneDNN runs bfloat16 natively: AMX, or AVX-512 BF16. Elsewhere oneDNN emulates it: measured on
+# an AVX2-only EPYC, the default CNN trained 4.8x slower in mixed_bfloat16 than in float32.
+BF16_TIERS = (AMX, AVX512_BF16)
+
+
+def cpu_flags() -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo (x86 `flags`, arm64 `Features`); empty when unreadable."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_tier(flags: set[str] | None = None) -> str:
+    """The tier this CPU trains in: amx, avx512-bf16, avx512, avx2, arm64 or baseline."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return ARM64
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return AMX
+    if "avx512_bf16" in flags:
+        return AVX512_BF16
+    if "avx512f" in flags:
+        return AVX512
+    return AVX2 if "avx2" in flags else BASELINE
 
 
 def cpu_has_bf16() -> bool:
-    """AMX or AVX-512 BF16: oneDNN then runs bfloat16 convolutions natively (several times faster).
+    """AMX or AVX-512 BF16: oneDNN runs bfloat16 convolutions natively (1.8x float32 on AVX-512 BF16)."""
+    return cpu_tier() in BF16_TIERS
 
-    Without them bfloat16 is emulated: measured on a 2-core AVX2 EPYC, the default CNN trained
-    4.8x slower in mixed_bfloat16 than in float32.
-    """
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu shows it ('' when unreadable)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read()
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        pass
+    return ""
+
+
+def onednn_wanted(tier: str) -> bool:
+    """Whether the project turns oneDNN on here (False leaves it to TensorFlow).
+
+    TensorFlow turns oneDNN on by itself only where CPUID shows AVX-512 VNNI/BF16 or AMX. On an
+    AVX2-only CPU it runs its Eigen kernels, and oneDNN trains the default CNN 2.0x faster there
+    (655 vs 1,323 images/s, DESIGN.md "CPU tiers"). On arm64 TensorFlow's own choice (oneDNN with ACL
+    where it pays) stands, and below AVX2 nothing was measured.
+    """
+    return tier not in (ARM64, BASELINE)
+
+
+def decide_onednn(environ: MutableMapping[str, str] | None = None, tier: str | None = None) -> str | None:
+    """Set TF_ENABLE_ONEDNN_OPTS for this process (and those it starts) before TensorFlow loads.
+
+    A value the user set wins. Returns the value in force ('0', '1') or None where TensorFlow decides.
+    """
+    env = os.environ if environ is None else environ
+    if ONEDNN_ENV in env:
+        return env[ONEDNN_ENV]
+    if not onednn_wanted(cpu_tier() if tier is None else tier):
+        return None
+    env[ONEDNN_ENV] = "1"
+    return "1"

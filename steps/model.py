@@ -20,7 +20,7 @@ ARCHITECTURES = {
 }
 # No BatchNormalization: Keras 3 runs it unfused on TF, which costs more per step on CPU than
 # the convolutions themselves (measured: 33 ms vs 9 ms per batch of 128 at 28x28x32).
-DEFAULT_ARCHITECTURE = "wide-cnn"
+AUTO = "auto"  # chosen by CPU tier and budget (steps/train.py, resolve_recipe)
 PIXEL_MEAN, PIXEL_STD = 72.94, 0.3530 * 255  # of the canonical train split
 
 
@@ -57,8 +57,30 @@ def build_model(architecture: str, dtype_policy: str = "float32") -> Any:
     return keras.Model(inputs, outputs, name=architecture.replace("-", "_"))
 
 
-def export_saved_model(model: Any, architecture: str, path: Path) -> Path:
-    """Write `model` as a float32 SavedModel with the serving signature under `path` (TF Serving's `1/`)."""
+def training_flops_per_image(model: Any) -> float:
+    """Floating-point operations one training image costs: the forward pass's convolutions and dense layers, x3.
+
+    The backward pass costs about twice the forward (gradients of the inputs and of the weights).
+    """
+    import numpy as np
+    from keras import layers
+
+    forward = 0.0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+            forward += 2.0 * height * width * float(np.prod(layer.kernel.shape))
+        elif isinstance(layer, layers.Dense):
+            forward += 2.0 * float(np.prod(layer.kernel.shape))
+    return 3.0 * forward
+
+
+def export_saved_model(model: Any, architecture: str, path: Path, mirror_average: bool = False) -> Path:
+    """Write `model` as a float32 SavedModel with the serving signature under `path` (TF Serving's `1/`).
+
+    With `mirror_average` the signature averages the probabilities of each image and of its mirror
+    image (test-time augmentation), inside the graph: what is evaluated is what is served.
+    """
     import keras
     import tensorflow as tf
 
@@ -68,6 +90,8 @@ def export_saved_model(model: Any, architecture: str, path: Path) -> Path:
 
     def serve(image: Any) -> dict[str, Any]:
         probabilities = serving_model(image, training=False)
+        if mirror_average:
+            probabilities = (probabilities + serving_model(tf.reverse(image, [2]), training=False)) / 2
         return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=1, output_type=tf.int64)}
 
     archive = keras.export.ExportArchive()

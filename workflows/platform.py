@@ -60,7 +60,7 @@ class Scheduler:
         if self.runs.busy():
             log.info("scheduled retrain skipped: a run is in progress (concurrencyPolicy Forbid)")
             return
-        self.runs.submit(f"{schedule.NAME}-{at:%Y%m%d%H%M}", {"reason": schedule.REASON}, "schedule")
+        self.runs.submit(f"{schedule.NAME}-{at:%Y%m%d%H%M}", dict(schedule.ARGUMENTS), "schedule")
 
 
 def up(

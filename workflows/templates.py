@@ -143,6 +143,7 @@ def train() -> Container:
         outputs=[
             _out("model_version", global_name="model_version"),
             _out("model_uri"),
+            _out("training"),
             _report("training-curve", "training-curve.png"),
             _report("history", "history.json"),
         ],

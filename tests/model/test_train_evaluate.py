@@ -107,7 +107,8 @@ def test_champion_is_evaluated_on_the_same_split_with_mcnemar(trained: dict[str,
 
 def test_bad_training_parameters_are_user_errors(trained: dict[str, Any]) -> None:
     for params, message in [
-        (TrainParams(epochs=0), "epochs must be between 1 and 200"),
+        (TrainParams(epochs=-1), "epochs must be between 0 and 200"),
+        (TrainParams(train_budget_s=0), "train_budget_s must be between 10 and 3000"),
         (TrainParams(architecture="resnet-9000"), "unknown architecture 'resnet-9000'"),
         (TrainParams(precision="fp8"), "unknown precision 'fp8'"),
     ]:
@@ -127,11 +128,12 @@ def test_one_step_per_epoch_trains(trained: dict[str, Any]) -> None:
     assert len(result.history["loss"]) == 1
 
 
-def test_precision_auto_follows_the_cpu_and_an_explicit_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from steps import train as train_module
+def test_precision_auto_follows_the_cpu_tier_and_an_explicit_value_wins() -> None:
+    from steps import hardware
+    from steps.train import resolve_precision
 
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
-    assert train_module.resolve_precision("auto") == "float32"
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
-    assert train_module.resolve_precision("auto") == "mixed_bfloat16"
-    assert train_module.resolve_precision("float32") == "float32"
+    assert resolve_precision("auto", hardware.AVX2) == "float32"
+    assert resolve_precision("auto", hardware.AVX512) == "float32"
+    assert resolve_precision("auto", hardware.AVX512_BF16) == "mixed_bfloat16"
+    assert resolve_precision("auto", hardware.AMX) == "mixed_bfloat16"
+    assert resolve_precision("float32", hardware.AMX) == "float32"

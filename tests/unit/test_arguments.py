@@ -101,7 +101,9 @@ def test_the_payload_schema_has_a_field_for_every_argument_an_event_may_set() ->
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        (TrainParams(epochs=0), "epochs must be between 1 and 200 (got 0)"),
+        (TrainParams(epochs=-1), "epochs must be between 0 and 200 (got -1)"),
+        (TrainParams(train_budget_s=0), "train_budget_s must be between 10 and 3000 (got 0)"),
+        (TrainParams(train_budget_s=-5), "train_budget_s must be between 10 and 3000 (got -5)"),
         (TrainParams(learning_rate=0.0), "learning_rate must be in (0, 1] (got 0.0)"),
         (TrainParams(train_limit=-1), "train_limit must be at least 0 (got -1)"),
         (TrainParams(precision="fp8"), "unknown precision 'fp8': choose one of auto, float32, mixed_bfloat16"),

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from steps import hardware
 from steps.errors import UserError
+from workflows.cli.native_log import quiet_tensorflow_import
 
 app = typer.Typer(
     name="fashion-pipeline",
@@ -74,6 +76,8 @@ def _global(
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # Before TensorFlow loads, in this process and those it starts (nodes, model servers, in a container too).
+    hardware.decide_onednn()
     if verbose:
         # Inherited by the pipeline's nodes and the model server, which then log everything too.
         os.environ[VERBOSE_ENV] = "1"
@@ -83,6 +87,7 @@ def _global(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # TensorFlow's C++ banner lines are noise to a user; keep warnings and errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_import()
 
 
 def open_store() -> Any:

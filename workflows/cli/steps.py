@@ -182,28 +182,43 @@ def train(
         out,
         code_version(),
         workflow_name(),
-        _epoch_progress(),
+        _fit_progress(),
         threads,
     )
-    values = {"model_version": result.version, "model_uri": result.version_uri}
+    fit = result.fit
+    values = {"model_version": result.version, "model_uri": result.version_uri, "training": json.dumps(fit)}
     write_outputs(out, values)
     final = {k: v[-1] for k, v in result.history.items() if v}
-    echo_summary({**values, "train_time": f"{result.train_s:.1f} s", **{k: f"{v:.4f}" for k, v in final.items()}})
+    budget = f"{fit['budget_s']:g} s budget, " if fit["budget_s"] else ""
+    echo_summary(
+        {
+            "model_version": result.version,
+            "model_uri": result.version_uri,
+            "model": f"{fit['architecture']}, {fit['precision']}, CPU tier {fit['cpu_tier']}",
+            "fit": f"{budget}{fit['steps']} steps = {fit['epochs']:.2f} epochs in {fit['fit_s']:.1f} s",
+            "speed": f"{fit['images_per_s']:.0f} images/s, {fit['gflops']:.1f} GFLOPS",
+            "train_time": f"{result.train_s:.1f} s",
+            **{k: f"{v:.4f}" for k, v in final.items()},
+        }
+    )
 
 
-def _epoch_progress() -> Any:
-    """Epochs as progress `k/N`, with the latest validation accuracy, when Argo or the engine asks for it."""
+def _fit_progress() -> Any:
+    """Steps as progress `k/N` (N as calibrated), with the epoch and the latest validation accuracy."""
+    from steps.train import Progress
     from workflows.node_watch import PROGRESS_ENV, write_progress
 
     path = os.environ.get(PROGRESS_ENV)
     if not path:
         return None
 
-    def report(done: int, epochs: int, metrics: dict[str, float]) -> None:
-        accuracy = metrics.get("val_accuracy")
-        status = f"epoch {done}/{epochs}" + (f", val accuracy {accuracy:.4f}" if accuracy is not None else "")
+    def report(progress: Progress) -> None:
+        accuracy = progress.metrics.get("val_accuracy")
+        status = f"epoch {progress.epoch:.1f}/{progress.epochs:.1f}" + (
+            f", val accuracy {accuracy:.4f}" if accuracy is not None else ""
+        )
         try:
-            write_progress(path, done, epochs, status)
+            write_progress(path, progress.step, progress.total_steps, status)
         except OSError as exc:  # progress is for watchers: training goes on without it
             log.debug("cannot write progress to %s: %s", path, exc)
 

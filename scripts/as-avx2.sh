@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run a command as on an AVX2-only CPU, on a machine with AVX-512 or AMX (the "AVX2" tier, emulated).
+#
+#   scripts/as-avx2.sh fashion-pipeline run
+#
+# In a private mount namespace (unshare -m, needs root or CAP_SYS_ADMIN), /proc/cpuinfo is replaced by
+# a copy without the avx512* and amx* flags, which is how the project tells the tier (steps/hardware.py),
+# and oneDNN is capped to AVX2 (ONEDNN_MAX_CPU_ISA), which is what it can use on such a CPU.
+# What no mount can fake: TensorFlow's own oneDNN default comes from CPUID, so under emulation it would
+# be on where a real AVX2 CPU leaves it off. The project decides it explicitly from the tier
+# (TF_ENABLE_ONEDNN_OPTS), so a run takes the same path here as there.
+set -euo pipefail
+
+if (($# == 0)); then
+  echo "usage: $0 COMMAND [ARG...]" >&2
+  exit 2
+fi
+if [[ "${FASHION_PIPELINE_AS_AVX2:-}" != inside ]]; then
+  if ! command -v unshare >/dev/null; then
+    echo "$0: unshare (util-linux) is needed to emulate an AVX2-only CPU" >&2
+    exit 1
+  fi
+  FASHION_PIPELINE_AS_AVX2=inside exec unshare --mount --propagation private "$0" "$@"
+fi
+unset FASHION_PIPELINE_AS_AVX2
+
+cpuinfo="$(mktemp /dev/shm/cpuinfo-avx2.XXXXXX)"
+sed -E '/^flags/ s/ (avx512[a-z0-9_]*|amx[a-z0-9_]*)//g' /proc/cpuinfo >"$cpuinfo"
+mount --bind "$cpuinfo" /proc/cpuinfo
+rm -f "$cpuinfo" # the mount keeps it open; nothing is left behind
+export ONEDNN_MAX_CPU_ISA=AVX2
+exec "$@"
