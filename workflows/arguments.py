@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from steps.errors import UserError
 from steps.gate import GatePolicy
 from steps.parameters import Spec, specs
 from steps.rollout import RolloutPolicy
@@ -109,6 +110,27 @@ ARGUMENTS: tuple[Argument, ...] = (
         step="rollout",
     ),
 )
+
+
+def check_values(values: dict[str, str]) -> None:
+    """Hold `-p NAME=VALUE` strings to their arguments' types and bounds, before a run starts.
+
+    Argo checks only `enum`; the steps check their bounds when they run. A launcher checks them first,
+    so `-p train_budget_s=0` is one line before any work, not a failed train node after fetch.
+    """
+    declared = {argument.name: argument for argument in ARGUMENTS}
+    for name, text in values.items():
+        argument = declared.get(name)
+        if argument is None or isinstance(argument.default, (bool, str)):
+            continue  # unknown names are the engine's to refuse; choices are the template's enum
+        kind = type(argument.default)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise UserError(f"-p {name}={text}: {name} takes {'an integer' if kind is int else 'a number'}") from None
+        problem = argument.spec.problem(name, value)
+        if problem:
+            raise UserError(f"-p {name}={text}: {problem}")
 
 
 def step_arguments(step: str) -> tuple[Argument, ...]:

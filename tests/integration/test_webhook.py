@@ -22,7 +22,9 @@ from conftest import CLI
 
 from steps.registry import Registry
 from steps.storage import open_store
-from workflows import cli, trigger
+from steps.train import TrainParams
+from workflows import cli, schedule, trigger
+from workflows.arguments import argo_string
 from workflows.engine import RunQueue, workflow_parameters
 from workflows.payload import DEFAULT_DATA_URL_PREFIXES, operator_arguments
 from workflows.pipeline import manifest
@@ -245,6 +247,9 @@ def test_operator_parameters_apply_to_webhook_and_scheduled_runs_of_up(
         assert started["operator"] == {"epochs": "1", "min_accuracy": "0.5"}
     # The operator's values are defaults for what an event may decide, and fixed for the rest.
     assert webhook_run["parameters"]["epochs"] == "3" and scheduled_run["parameters"]["epochs"] == "1"
+    # The schedule trains for quality, as the CronWorkflow does; an on-demand run keeps the default budget.
+    assert scheduled_run["parameters"]["train_budget_s"] == str(schedule.NIGHTLY_BUDGET_S)
+    assert webhook_run["parameters"]["train_budget_s"] == argo_string(TrainParams().train_budget_s)
     assert json.loads(webhook_run["parameters"]["trigger"])["payload"] == {"event_id": "up-2", "epochs": 3}
 
 

@@ -205,3 +205,13 @@ def test_tensorflows_native_import_lines_are_dropped_and_everything_else_kept(tm
     done = subprocess.run([sys.executable, "-c", QUIET_IMPORT], env=env, capture_output=True, text=True, check=True)
     kept = ["E0000 00:00:1796427245.045749    1959 something.cc:1] an error stays", "a Python warning stays", "after"]
     assert done.stderr.splitlines() == kept
+
+
+def test_the_nightly_cronworkflow_trains_with_the_quality_budget() -> None:
+    from workflows import schedule
+
+    arguments = schedule.manifest()["spec"]["workflowSpec"]["arguments"]["parameters"]
+    passed = {argument["name"]: argument["value"] for argument in arguments}
+    assert passed["train_budget_s"] == "600" == str(schedule.NIGHTLY_BUDGET_S)
+    assert float(passed["train_budget_s"]) >= LONG_BUDGET_S  # so `auto` takes the long recipe
+    assert TrainParams().train_budget_s < LONG_BUDGET_S  # and an on-demand run the fast one

@@ -133,6 +133,9 @@ def parse_parameters(items: list[str] | None) -> dict[str, str]:
         if not sep or not key.strip():
             raise UserError(f"-p {item!r}: use NAME=VALUE")
         overrides[key.strip()] = value
+    from workflows.arguments import check_values
+
+    check_values(overrides)
     return overrides
 
 
