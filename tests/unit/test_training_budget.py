@@ -132,18 +132,18 @@ def test_a_budget_spent_by_tracing_and_calibration_is_a_user_error() -> None:
 @pytest.mark.parametrize(
     ("tier", "budget_s", "expected"),
     [
-        (hardware.AVX512_BF16, 75.0, (AUTO_BF16[0], "mixed_bfloat16", False)),
-        (hardware.AMX, 600.0, (AUTO_BF16[1], "mixed_bfloat16", True)),
-        (hardware.AVX2, 75.0, (AUTO_FLOAT32[0], "float32", False)),
-        (hardware.AVX2, LONG_BUDGET_S, (AUTO_FLOAT32[1], "float32", True)),
-        (hardware.ARM64, 75.0, (AUTO_FLOAT32[0], "float32", False)),
+        (hardware.AVX512_BF16, 75.0, (*AUTO_BF16[0], "mixed_bfloat16")),
+        (hardware.AMX, 600.0, (*AUTO_BF16[1], "mixed_bfloat16")),
+        (hardware.AVX2, 75.0, (*AUTO_FLOAT32[0], "float32")),
+        (hardware.AVX2, LONG_BUDGET_S, (*AUTO_FLOAT32[1], "float32")),
+        (hardware.ARM64, 75.0, (*AUTO_FLOAT32[0], "float32")),
     ],
 )
 def test_auto_takes_the_recipe_measured_for_the_tier_and_budget(
-    tier: str, budget_s: float, expected: tuple[str, str, bool]
+    tier: str, budget_s: float, expected: tuple[str, float, bool, str]
 ) -> None:
     recipe = resolve_recipe(TrainParams(train_budget_s=budget_s), tier)
-    assert (recipe.architecture, recipe.precision, recipe.mirror) == expected
+    assert (recipe.architecture, recipe.dropout, recipe.mirror, recipe.precision) == expected
     assert recipe.tier == tier
 
 
