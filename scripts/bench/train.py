@@ -83,12 +83,8 @@ def measure_tier(tier: str, seeds: list[int], budget: float | None, bare: bool, 
             work,
         )
         version = (out / "t" / "model_version").read_text()
-        evaluate_s, _ = run(
-            [*prefix, CLI, "evaluate", "--dataset", dataset, "--model", version, "--champion", "none"]
-            + ["--out", str(out / "e")],
-            env,
-            work,
-        )
+        evaluate = ["evaluate", "--dataset", dataset, "--model", version, "--champion", "none", "--out", str(out / "e")]
+        evaluate_s, _ = run([*prefix, CLI, *evaluate], env, work)
         fit = json.loads((out / "t" / "training").read_text())
         accuracy = float((out / "e" / "accuracy").read_text())
         rows.append({"seed": seed, "train_s": train_s, "evaluate_s": evaluate_s, "accuracy": accuracy, "fit": fit})

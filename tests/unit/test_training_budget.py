@@ -1,4 +1,4 @@
-"""Budgeted training without TensorFlow: the fit clock's calibration and stops, the recipe `auto` picks, the CPU tier."""
+"""Budgeted training without TensorFlow: the fit clock, the recipe `auto` picks, the CPU tier, quiet imports."""
 
 from __future__ import annotations
 
