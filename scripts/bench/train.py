@@ -34,21 +34,16 @@ TIERS = {"native": [], "avx2": [str(REPO / "scripts" / "as-avx2.sh")]}
 BARE_STEPS = 60
 
 
-def bare_loop(architecture: str, precision: str, batch_size: int, steps: int) -> None:
+def bare_loop(dataset_uri: str, architecture: str, precision: str, batch_size: int, steps: int) -> None:
     """What a Keras user writes: build, compile, `fit` on arrays. Prints steady images/s (after a warm-up)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
 
-    from steps.dataset import fetch_dataset, mirror_chain
+    from steps.dataset import load_dataset
     from steps.model import build_model
-    from steps.storage import open_store
 
-    with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
-        dataset = fetch_dataset(open_store(tmp), mirror_chain(None, os.environ.get("FASHION_MNIST_MIRROR")))
-        from steps.dataset import load_dataset
-
-        data = load_dataset(dataset.uri)
+    data = load_dataset(dataset_uri)
     x = data.x_train[: batch_size * steps].astype(np.float32)
     y = data.y_train[: batch_size * steps].astype(np.int32)
     model = build_model(architecture, precision)
@@ -98,7 +93,7 @@ def measure_tier(tier: str, seeds: list[int], budget: float | None, bare: bool, 
     fit = rows[0]["fit"]
     result: dict[str, object] = {"tier": fit["cpu_tier"], "cpu": fit["cpu_model"], "rows": rows}  # type: ignore[index]
     if bare:
-        spec = [fit["architecture"], fit["precision"], str(fit["batch_size"])]  # type: ignore[index]
+        spec = [dataset, fit["architecture"], fit["precision"], str(fit["batch_size"])]  # type: ignore[index]
         for onednn in ("0", "1"):
             _, printed = run(
                 [*prefix, sys.executable, __file__, "--bare", *spec], {**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, REPO
@@ -139,8 +134,8 @@ def report(results: list[dict[str, object]], budget: float | None) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--bare":
-        bare_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]), BARE_STEPS)
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare":
+        bare_loop(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), BARE_STEPS)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiers", default="native,avx2", help="comma-separated: native, avx2 (emulated)")

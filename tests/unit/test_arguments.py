@@ -90,11 +90,13 @@ def test_the_payload_schema_has_a_field_for_every_argument_an_event_may_set() ->
     assert list(properties) == ["event_id", *(a.name for a in arguments.ARGUMENTS if a.event)]
     assert set(payload.operator_arguments()) == {a.name for a in arguments.ARGUMENTS if not a.event}
     assert properties["epochs"] == {
-        "description": "Passes over the training split.",
+        "description": "Passes over the training split, exactly; 0 trains for train_budget_s instead.",
         "type": "integer",
-        "minimum": 1,
+        "minimum": 0,
         "maximum": 200,
     }
+    assert properties["train_budget_s"]["type"] == "number"
+    assert (properties["train_budget_s"]["minimum"], properties["train_budget_s"]["maximum"]) == (10, 3000)
     assert properties["learning_rate"]["exclusiveMinimum"] == 0 and "minimum" not in properties["learning_rate"]
 
 

@@ -16,7 +16,7 @@ from lua_harness import LUA, lua_value, run_lua
 
 from steps.errors import UserError
 from steps.gate import POLICY_FIELDS
-from steps.model import ARCHITECTURES
+from steps.model import ARCHITECTURES, AUTO
 from steps.train import PRECISIONS
 from workflows import events, pipeline, trigger
 from workflows.arguments import ARGUMENTS
@@ -82,7 +82,9 @@ INVALID = [
     ({"event_id": "a" * 43}, "event_id"),
     ({"event_id": "drop\n"}, "event_id"),
     ({"event_id": 12}, "event_id"),
-    ({"event_id": "x", "epochs": 0}, "epochs"),
+    ({"event_id": "x", "epochs": -1}, "epochs"),
+    ({"event_id": "x", "train_budget_s": 0}, "train_budget_s"),
+    ({"event_id": "x", "train_budget_s": 3001}, "train_budget_s"),
     ({"event_id": "x", "epochs": 201}, "epochs"),
     ({"event_id": "x", "epochs": 2.5}, "epochs"),
     ({"event_id": "x", "epochs": "3"}, "epochs"),
@@ -193,7 +195,7 @@ def test_payload_that_is_not_an_object_is_refused() -> None:
 def test_the_payload_choices_are_their_owners() -> None:
     properties = load_payload_schema()["properties"]
 
-    assert tuple(properties["architecture"]["enum"]) == tuple(ARCHITECTURES)
+    assert tuple(properties["architecture"]["enum"]) == (AUTO, *ARCHITECTURES)
     assert tuple(properties["precision"]["enum"]) == tuple(PRECISIONS)
 
 
