@@ -24,8 +24,9 @@ CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or
 AS_AVX2 = Path(__file__).resolve().parents[2] / "scripts" / "as-avx2.sh"
 TF_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} \d\d:\d\d:\d\d)", re.M)
 FIT_RECORD = {
-    "budget_s", "architecture", "precision", "mirror", "dropout", "cpu_tier", "cpu_model", "onednn", "threads",
-    "batch_size", "steps", "calibrated_steps", "epochs", "fit_s", "seconds_per_step", "images_per_s", "gflops",
+    "budget_s", "architecture", "precision", "mirror", "dropout", "label_smoothing", "cpu_tier", "cpu_model",
+    "onednn", "threads", "batch_size", "steps", "calibrated_steps", "epochs", "fit_s", "seconds_per_step",
+    "images_per_s", "gflops",
 }  # fmt: skip
 
 

@@ -140,17 +140,22 @@ def test_a_budget_spent_by_tracing_and_calibration_is_a_user_error() -> None:
     ],
 )
 def test_auto_takes_the_recipe_measured_for_the_tier_and_budget(
-    tier: str, budget_s: float, expected: tuple[str, float, bool, str]
+    tier: str, budget_s: float, expected: tuple[str, float, bool, float, str]
 ) -> None:
     recipe = resolve_recipe(TrainParams(train_budget_s=budget_s), tier)
-    assert (recipe.architecture, recipe.dropout, recipe.mirror, recipe.precision) == expected
+    assert (recipe.architecture, recipe.dropout, recipe.mirror, recipe.label_smoothing, recipe.precision) == expected
     assert recipe.tier == tier
 
 
 def test_explicit_architecture_and_precision_win_over_auto() -> None:
     params = TrainParams(architecture="small-cnn", precision="float32", epochs=3)
     recipe = resolve_recipe(params, hardware.AMX)
-    assert (recipe.architecture, recipe.precision, recipe.mirror) == ("small-cnn", "float32", False)
+    assert (recipe.architecture, recipe.precision, recipe.mirror, recipe.label_smoothing) == (
+        "small-cnn",
+        "float32",
+        False,
+        0.0,
+    )
 
 
 @pytest.mark.parametrize(
