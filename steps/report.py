@@ -48,6 +48,7 @@ def model_card_markdown(
         "## Training",
         "",
         *[f"- {key}: {value}" for key, value in sorted(params.items())],
+        *_fit_lines(card.get("training", {})),
         f"- training time: {card.get('training', {}).get('seconds', '?')} s",
         f"- code version: {card.get('code_version', '?')}",
         f"- created: {card.get('created', '?')}",
@@ -56,6 +57,21 @@ def model_card_markdown(
     if data:
         lines += ["## Data", "", *data, ""]
     return "\n".join(lines)
+
+
+def _fit_lines(training: dict[str, Any]) -> list[str]:
+    """What fitting did (steps/train.py's record): the budget, how far it went, how fast, on which CPU."""
+    if "steps" not in training:  # a version trained before budgets
+        return []
+    budget = f"a budget of {training['budget_s']:g} s" if training.get("budget_s") else "a fixed number of epochs"
+    mirrored = ", mirrored" if training.get("mirror") else ""
+    return [
+        f"- model: {training['architecture']}, {training['precision']}{mirrored}, on CPU tier {training['cpu_tier']}"
+        f" ({training.get('cpu_model') or 'unknown CPU'}, oneDNN {training.get('onednn')})",
+        f"- fitting: {budget}; {training['steps']} steps of {training['batch_size']} = {training['epochs']} epochs "
+        f"in {training['fit_s']} s ({training['seconds_per_step'] * 1000:.1f} ms a step, "
+        f"{training['images_per_s']:.0f} images/s, {training['gflops']} GFLOPS)",
+    ]
 
 
 def data_lines(registry: Registry, version: str, champion: str | None) -> list[str]:

@@ -57,7 +57,12 @@ def test_steps_chain_from_fetch_to_gate_and_promotion(tmp_path: Path) -> None:
     assert (tmp_path / "o/gate/decision").read_text() == "promote", gate.stdout
     decision = json.loads((tmp_path / "o/gate/decision.json").read_text())
     assert decision["candidate"] == version and any("first-run policy is 'promote'" in r for r in decision["reasons"])
-    assert "# Model card" in (tmp_path / "o/gate/model-card.md").read_text()
+    card = (tmp_path / "o/gate/model-card.md").read_text()
+    assert "# Model card" in card
+    training = json.loads((tmp_path / "o/train/training").read_text())
+    steps = f"{training['steps']} steps of {training['batch_size']}"
+    assert f"- fitting: a fixed number of epochs; {steps} = 2.0 epochs" in card
+    assert f"on CPU tier {training['cpu_tier']}" in card
 
     run("models", "promote", version, "--reason", "first model", cwd=tmp_path, store=store)
     listing = run("models", "list", cwd=tmp_path, store=store).stdout
