@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CLI = shutil.which("fashion-pipeline", path=str(Path(sys.executable).parent)) or "fashion-pipeline"
 TIERS = {"native": [], "avx2": [str(REPO / "scripts" / "as-avx2.sh")]}
-BARE_STEPS = 60
+BARE_STEPS = 200
 
 
 def bare_loop(dataset_uri: str, architecture: str, precision: str, batch_size: int, steps: int) -> None:
@@ -48,7 +48,7 @@ def bare_loop(dataset_uri: str, architecture: str, precision: str, batch_size: i
     y = data.y_train[: batch_size * steps].astype(np.int32)
     model = build_model(architecture, precision)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[: batch_size * 5], y[: batch_size * 5], batch_size=batch_size, epochs=1, verbose=0)
+    model.fit(x[: batch_size * 20], y[: batch_size * 20], batch_size=batch_size, epochs=1, verbose=0)
     started = time.perf_counter()
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
     print(json.dumps({"images_per_s": len(x) / (time.perf_counter() - started)}))
