@@ -69,7 +69,7 @@ INVALID_MANIFESTS = [
     ({"drop_id": "D_1", "created": CREATED}, "drop_id"),
     ({"drop_id": "d1", "created": "yesterday"}, "created"),
     ({"drop_id": "d1", "created": CREATED + "\n"}, "created"),
-    ({"drop_id": "d1", "created": CREATED, "epochs": 0}, "epochs"),
+    ({"drop_id": "d1", "created": CREATED, "epochs": -1}, "epochs"),
     ({"drop_id": "d1", "created": CREATED, "epochs": "3"}, "epochs"),
     ({"drop_id": "d1", "created": CREATED, "epochs": None}, "epochs"),
     ({"drop_id": "d1", "created": CREATED, "architecture": "resnet"}, "architecture"),
@@ -266,7 +266,7 @@ def test_incomplete_corrupt_and_invalid_drops_start_nothing_and_are_reported(
 
     put_drop("no-manifest", None)
     put_drop("corrupt", {"drop_id": "corrupt", "created": CREATED}, corrupt=FILE_NAMES["train-labels"])
-    put_drop("invalid", {"drop_id": "invalid", "created": CREATED, "epochs": 0, "min_accuracy": 0})
+    put_drop("invalid", {"drop_id": "invalid", "created": CREATED, "epochs": -1, "min_accuracy": 0})
     put_drop("not-json", b'{"drop_id": "not-json",')
     put_drop("elsewhere", {"drop_id": "other-folder", "created": CREATED})
 
@@ -418,7 +418,7 @@ MANIFEST_TEXTS = [
     '{"drop_id":"d1","created":"2026-11-27T10:00:00Z\\n"}',
     '{"drop_id":"d1"}',
     '{"drop_id":"d2","created":"2026-11-27T10:00:00Z"}',
-    '{"drop_id":"d1","created":"2026-11-27T10:00:00Z","epochs":0}',
+    '{"drop_id":"d1","created":"2026-11-27T10:00:00Z","epochs":-1}',
     '{"drop_id":"d1","created":"2026-11-27T10:00:00Z","epochs":2.5}',
     '{"drop_id":"d1","created":"2026-11-27T10:00:00Z","epochs":"3"}',
     '{"drop_id":"d1","created":"2026-11-27T10:00:00Z","epochs":null}',

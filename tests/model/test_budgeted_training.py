@@ -58,12 +58,12 @@ def card(store: dict[str, str], out: Path) -> dict[str, Any]:
 
 
 def test_a_budget_is_spent_on_fitting_and_the_card_and_outputs_say_how(store: dict[str, str], tmp_path: Path) -> None:
-    done = train_node(store, tmp_path / "t", "--train-budget-s", "12")
+    done = train_node(store, tmp_path / "t", "--train-budget-s", "10")
     assert done.returncode == 0, done.stderr
     fit = json.loads((tmp_path / "t" / "training").read_text())
     assert set(fit) == FIT_RECORD
-    assert fit["budget_s"] == 12
-    assert fit["fit_s"] <= 12 + 1.5  # the last step and the last validation may end just past it
+    assert fit["budget_s"] == 10
+    assert fit["fit_s"] <= 10 + 3  # the last step and the last validation may end just past it
     assert fit["steps"] > 1 + CALIBRATION_STEPS and fit["calibrated_steps"] > 0
     assert fit["epochs"] == pytest.approx(fit["steps"] / (5700 // fit["batch_size"]), abs=1e-3)
     assert fit["images_per_s"] > 0 and fit["gflops"] > 0 and fit["seconds_per_step"] > 0
@@ -90,9 +90,8 @@ def test_a_budget_below_the_minimum_is_one_line_before_any_work(store: dict[str,
     for budget in ("0", "-3", "5"):
         done = train_node(store, tmp_path / f"t{budget}", "--train-budget-s", budget)
         assert done.returncode != 0
-        assert done.stderr.strip().splitlines() == [
-            f"Error: Invalid value for '--train-budget-s': {budget} is not in the range 10<=x<=3000."
-        ] or done.stderr.strip() == f"error: train_budget_s must be between 10 and 3000 (got {float(budget)})"
+        [line] = done.stderr.strip().splitlines()
+        assert "'--train-budget-s'" in line and "greater than or equal to 10" in line, line
         assert not (tmp_path / f"t{budget}" / "model_version").exists()
 
 
@@ -108,11 +107,11 @@ def test_the_train_step_on_an_emulated_avx2_cpu_trains_float32_with_onednn_and_q
         if os.environ.get("CI"):
             pytest.fail("scripts/as-avx2.sh cannot run here (unshare -m and mount need root)")
         pytest.skip("scripts/as-avx2.sh needs root (unshare -m and mount)")
-    done = train_node(store, tmp_path / "t", "--train-budget-s", "15", prefix=(str(AS_AVX2),))
+    done = train_node(store, tmp_path / "t", "--train-budget-s", "10", prefix=(str(AS_AVX2),))
     assert done.returncode == 0, done.stderr
     fit = json.loads((tmp_path / "t" / "training").read_text())
     assert (fit["cpu_tier"], fit["precision"], fit["onednn"]) == ("avx2", "float32", "1")
-    assert fit["fit_s"] <= 15 + 2
+    assert fit["fit_s"] <= 10 + 3
     assert not TF_NATIVE_LOG.search(done.stderr), done.stderr
 
 

@@ -54,7 +54,7 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     summary = next(n for n in run["nodes"] if n["name"] == "onExit")["outputs"]["artifacts"]["summary"]
     assert "first: Succeeded" in Path(summary).read_text()
     # What the user sees: the train row's progress while it runs, then the result on stdout.
-    assert "first train: Running: epoch 1/1, val accuracy 0." in first.stderr
+    assert "first train: Running: epoch 1.0/1.0, val accuracy 0." in first.stderr
     version, accuracy = production["version"], float(run["outputs"]["parameters"]["accuracy"])
     assert first.stdout.splitlines()[0].startswith("first Succeeded in ")
     assert f"  model       {version}: test accuracy {accuracy:.4f}\n" in first.stdout
