@@ -126,7 +126,8 @@ def report(results: list[dict[str, object]], budget: float | None) -> None:
         bf16 = result["tier"] in ("amx", "avx512-bf16")
         floor = 0.945 if nightly else 0.935 if bf16 else 0.925
         mean = statistics.mean(accuracies)
-        checks = [f"mean accuracy >= {floor:.1%}: {'PASS' if mean >= floor else 'MISS'} (lowest seed {min(accuracies):.2%})"]
+        verdict = "PASS" if mean >= floor else "MISS"
+        checks = [f"mean accuracy >= {floor:.1%}: {verdict} (lowest seed {min(accuracies):.2%})"]
         if not nightly:
             checks.append(f"train + evaluate <= 120 s: {'PASS' if max(totals) <= 120 else 'MISS'}")
         if bare:
