@@ -410,6 +410,7 @@ class FitClock:
         self.validating_s = 0.0  # all validation so far
         self.calibrated_step_s: float | None = None
         self.calibrated_total: int | None = None
+        self.metrics: dict[str, float] = {}  # the latest epoch's
         self.fit_s = 0.0
 
     def callback(self) -> Any:
@@ -435,7 +436,11 @@ class FitClock:
         return Callback()
 
     def end(self) -> None:
+        """Fitting is over: what ran is the total, whether the steps or the seconds ran out first."""
         self.fit_s = self.now() - self.started
+        if self.budget_s is not None and self.steps != self.total_steps:
+            self.total_steps = self.steps
+            self._report(self.metrics)
 
     def begin(self) -> None:
         self.started = self.now()
@@ -482,6 +487,7 @@ class FitClock:
 
     def epoch_done(self, metrics: dict[str, float]) -> bool:
         now = self.now()
+        self.metrics = metrics
         self.validation_s = now - self.last_step
         self.validating_s += self.validation_s
         if self.budget_s is not None and self.calibrated_step_s is not None:

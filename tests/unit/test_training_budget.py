@@ -95,6 +95,24 @@ def test_the_horizon_follows_a_pace_that_changes() -> None:
     assert timeline.horizons[-1][0] == clock.total_steps
 
 
+def test_progress_ends_at_the_steps_run_when_the_seconds_run_out_first() -> None:
+    timeline = Timeline()
+    clock = timeline.clock(budget_s=10.0, steps_per_epoch=100_000)  # no epoch ends to fit the horizon again
+    clock.begin()
+    timeline.t += 1.0
+    clock.step_done()
+    for _ in range(CALIBRATION_STEPS):
+        timeline.t += 0.01  # calibrated fast: about 900 steps would fit
+        clock.step_done()
+    stopped = False
+    while not stopped:
+        timeline.t += 0.05  # then five times slower: the seconds run out first
+        stopped = clock.step_done()
+    clock.end()
+    assert clock.steps < clock.calibrated_total  # type: ignore[operator]
+    assert timeline.reports[-1].step == timeline.reports[-1].total_steps == clock.steps
+
+
 def test_progress_counts_steps_to_the_calibrated_total_with_fractional_epochs() -> None:
     timeline = Timeline()
     fit(timeline, timeline.clock(budget_s=20.0, steps_per_epoch=40), trace_s=1.0, step_s=0.05)
