@@ -78,8 +78,8 @@ def test_steps_chain_from_fetch_to_gate_and_promotion(tmp_path: Path) -> None:
         "gate",
         "--metrics",
         "o/eval2/metrics.json",
-        "--min-accuracy",
-        "1.0",
+        "--min-delta",  # an improvement of the whole scale over a champion that got some right: never met
+        "1",
         "--out",
         "o/gate2",
         cwd=tmp_path,
