@@ -27,17 +27,22 @@ ARM64 = "arm64"
 BF16_TIERS = (AMX, AVX512_BF16)
 
 
-def cpu_flags() -> set[str]:
-    """The flags of the first CPU in /proc/cpuinfo (x86 `flags`, arm64 `Features`); empty when unreadable."""
+def _cpuinfo(*keys: str) -> str:
+    """The first value of any of `keys` in /proc/cpuinfo ('' when unreadable or absent)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo (x86 `flags`, arm64 `Features`); empty when unreadable."""
+    return set(_cpuinfo("flags", "Features").split())
 
 
 def cpu_tier(flags: set[str] | None = None) -> str:
@@ -61,15 +66,7 @@ def cpu_has_bf16() -> bool:
 
 def cpu_model() -> str:
     """The CPU's model name as lscpu shows it ('' when unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo("model name")
 
 
 def onednn_wanted(tier: str) -> bool:

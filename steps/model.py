@@ -8,6 +8,7 @@ TensorFlow is imported inside functions so that importing this module stays chea
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -71,62 +72,61 @@ def build_model(architecture: str, dtype_policy: str = "float32", dropout: float
     return keras.Model(inputs, outputs, name=architecture.replace("-", "_"))
 
 
-_LAYERS: dict[str, type] = {}
-
-
 def fused_batch_norm(dtype: Any) -> Any:
     """A batch-normalisation layer on TensorFlow's fused kernel (FusedBatchNormV3, which TF Serving runs too).
 
     In training it normalises by the batch's moments and moves the running ones; in inference it uses
     the running ones. Its variables stay float32 under mixed precision, as the kernel wants.
     """
-    if "FusedBatchNorm" not in _LAYERS:
-        import keras
-        import tensorflow as tf
+    return _fused_batch_norm_layer()(dtype=dtype)
 
-        class FusedBatchNorm(keras.layers.Layer):  # type: ignore[misc]
-            momentum, epsilon = 0.9, 1e-3
 
-            def build(self, input_shape: Any) -> None:
-                channels = (input_shape[-1],)
+@functools.cache
+def _fused_batch_norm_layer() -> type:
+    """The layer class, defined once Keras is imported (importing this module stays cheap)."""
+    import keras
+    import tensorflow as tf
 
-                def weight(name: str, init: str, trainable: bool = True) -> Any:
-                    return self.add_weight(
-                        shape=channels, initializer=init, name=name, trainable=trainable, autocast=False
-                    )
+    class FusedBatchNorm(keras.layers.Layer):  # type: ignore[misc]
+        momentum, epsilon = 0.9, 1e-3
 
-                self.gamma, self.beta = weight("gamma", "ones"), weight("beta", "zeros")
-                self.moving_mean = weight("moving_mean", "zeros", trainable=False)
-                self.moving_variance = weight("moving_variance", "ones", trainable=False)
-                self.updates = self.add_weight(shape=(), initializer="zeros", name="updates", trainable=False)
+        def build(self, input_shape: Any) -> None:
+            channels = (input_shape[-1],)
 
-            def call(self, x: Any, training: bool = False) -> Any:
-                empty = tf.constant([], tf.float32)
-                if not training:
-                    mean, variance = self.moving_mean.value, self.moving_variance.value
-                else:
-                    mean, variance = empty, empty
-                y, batch_mean, batch_variance, *_ = tf.raw_ops.FusedBatchNormV3(
-                    x=x,
-                    scale=self.gamma.value,
-                    offset=self.beta.value,
-                    mean=mean,
-                    variance=variance,
-                    epsilon=self.epsilon,
-                    is_training=bool(training),
-                )
-                if training:
-                    # The plain average of the batches so far until the momentum weighs more: a model
-                    # trained for a few steps (a quick run) then serves with its batches' statistics,
-                    # not with the initial zeros and ones (AVX2, 22 steps: 76.3% instead of 48.6%).
-                    new = tf.maximum(1.0 - self.momentum, 1.0 / (self.updates.value + 1.0))
-                    self.moving_mean.assign(self.moving_mean * (1.0 - new) + batch_mean * new)
-                    self.moving_variance.assign(self.moving_variance * (1.0 - new) + batch_variance * new)
-                    self.updates.assign_add(1.0)
-                return y
+            def weight(name: str, init: str, trainable: bool = True) -> Any:
+                return self.add_weight(shape=channels, initializer=init, name=name, trainable=trainable, autocast=False)
 
-        _LAYERS["FusedBatchNorm"] = FusedBatchNorm
-    return _LAYERS["FusedBatchNorm"](dtype=dtype)
+            self.gamma, self.beta = weight("gamma", "ones"), weight("beta", "zeros")
+            self.moving_mean = weight("moving_mean", "zeros", trainable=False)
+            self.moving_variance = weight("moving_variance", "ones", trainable=False)
+            self.updates = self.add_weight(shape=(), initializer="zeros", name="updates", trainable=False)
+
+        def call(self, x: Any, training: bool = False) -> Any:
+            empty = tf.constant([], tf.float32)
+            if not training:
+                mean, variance = self.moving_mean.value, self.moving_variance.value
+            else:
+                mean, variance = empty, empty
+            y, batch_mean, batch_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=self.gamma.value,
+                offset=self.beta.value,
+                mean=mean,
+                variance=variance,
+                epsilon=self.epsilon,
+                is_training=bool(training),
+            )
+            if training:
+                # The plain average of the batches so far until the momentum weighs more: a model
+                # trained for a few steps (a quick run) then serves with its batches' statistics,
+                # not with the initial zeros and ones (AVX2, 22 steps: 76.3% instead of 48.6%).
+                new = tf.maximum(1.0 - self.momentum, 1.0 / (self.updates.value + 1.0))
+                self.moving_mean.assign(self.moving_mean * (1.0 - new) + batch_mean * new)
+                self.moving_variance.assign(self.moving_variance * (1.0 - new) + batch_variance * new)
+                self.updates.assign_add(1.0)
+            return y
+
+    return FusedBatchNorm
 
 
 def training_flops_per_image(model: Any) -> float:

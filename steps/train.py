@@ -435,17 +435,17 @@ class FitClock:
 
         return Callback()
 
+    def begin(self) -> None:
+        self.started = self.now()
+        if self.budget_s is None:  # the total is known: an explicit epoch count
+            self._report({})
+
     def end(self) -> None:
         """Fitting is over: what ran is the total, whether the steps or the seconds ran out first."""
         self.fit_s = self.now() - self.started
         if self.budget_s is not None and self.steps != self.total_steps:
             self.total_steps = self.steps
             self._report(self.metrics)
-
-    def begin(self) -> None:
-        self.started = self.now()
-        if self.budget_s is None:  # the total is known: an explicit epoch count
-            self._report({})
 
     @property
     def step_s(self) -> float:
@@ -454,8 +454,8 @@ class FitClock:
             return 0.0
         return max(1e-6, (self.last_step - self.traced - self.validating_s) / (self.steps - 1))
 
-    def elapsed(self, now: float | None = None) -> float:
-        return (self.now() if now is None else now) - self.started
+    def elapsed(self, now: float) -> float:
+        return now - self.started
 
     def step_done(self) -> bool:
         """After each step: calibrate once, and say whether the budget is spent."""
@@ -493,7 +493,8 @@ class FitClock:
         if self.budget_s is not None and self.calibrated_step_s is not None:
             self._refit(now)
         shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k != "learning_rate")
-        log.info("epoch %.2f/%.2f: %s (%.1f s)", *self._epochs(), shown, self.elapsed(now))
+        epochs = self.steps / self.steps_per_epoch, self.total_steps / self.steps_per_epoch
+        log.info("epoch %.2f/%.2f: %s (%.1f s)", *epochs, shown, self.elapsed(now))
         self._report(metrics)
         return self.budget_s is not None and self.steps >= self.total_steps
 
@@ -505,9 +506,6 @@ class FitClock:
         self.total_steps = max(self.steps, self.steps + int(max(0.0, left) / per_step))
         if self.on_horizon is not None:
             self.on_horizon(float(self.total_steps), warmup)
-
-    def _epochs(self) -> tuple[float, float]:
-        return self.steps / self.steps_per_epoch, self.total_steps / self.steps_per_epoch
 
     def _report(self, metrics: dict[str, float]) -> None:
         if self.on_progress is not None:
