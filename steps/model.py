@@ -99,7 +99,10 @@ def _fused_batch_norm_layer() -> type:
             self.gamma, self.beta = weight("gamma", "ones"), weight("beta", "zeros")
             self.moving_mean = weight("moving_mean", "zeros", trainable=False)
             self.moving_variance = weight("moving_variance", "ones", trainable=False)
-            self.updates = self.add_weight(shape=(), initializer="zeros", name="updates", trainable=False)
+            # A counter kept float32: under mixed precision an autocast read would be bfloat16.
+            self.updates = self.add_weight(
+                shape=(), initializer="zeros", name="updates", trainable=False, autocast=False
+            )
 
         def call(self, x: Any, training: bool = False) -> Any:
             empty = tf.constant([], tf.float32)

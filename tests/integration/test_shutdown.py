@@ -26,7 +26,7 @@ from conftest import CLI, free_port
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-LONG_TRAINING = {"train_limit": 3000, "epochs": 30}  # far longer than any test waits for it
+LONG_TRAINING = {"train_limit": 3000, "train_budget_s": 3000}  # far longer than any test waits for it
 
 
 @pytest.fixture(scope="module")

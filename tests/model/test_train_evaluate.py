@@ -137,3 +137,26 @@ def test_precision_auto_follows_the_cpu_tier_and_an_explicit_value_wins() -> Non
     assert resolve_precision("auto", hardware.AVX512_BF16) == "mixed_bfloat16"
     assert resolve_precision("auto", hardware.AMX) == "mixed_bfloat16"
     assert resolve_precision("float32", hardware.AMX) == "float32"
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_every_architecture_trains_at_every_precision(precision: str) -> None:
+    """Two steps of each architecture on random images, whatever the CPU this runs on.
+
+    The `auto` recipe picks a precision by CPU tier, so a suite run on one tier alone would never
+    train the other precision (a bfloat16 batch-norm bug once reached CI that way).
+    """
+    import keras
+
+    from steps.model import ARCHITECTURES, build_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, 28, 28, 1)).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 10, size=64), 10)
+    for architecture in ARCHITECTURES:
+        model = build_model(architecture, precision, dropout=0.1)
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        loss = model.fit(images, labels, batch_size=32, epochs=1, verbose=0).history["loss"][0]
+        assert np.isfinite(loss), architecture
+        probabilities = model.predict(images[:4], verbose=0)
+        assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-2), architecture
