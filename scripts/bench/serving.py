@@ -192,6 +192,9 @@ def main() -> None:
         f"throughput vs plain wrapper: x{ours['rate'] / plain['rate']:.2f} "
         f"(target >= 2x: {'PASS' if ours['rate'] >= 2 * plain['rate'] else 'MISS'})"
     )
+    # The model's own compute on both cores bounds any server on this machine: where the plain
+    # wrapper already reaches half of it (a small model), no server can double the wrapper.
+    print(f"compute ceiling vs plain wrapper: x{inproc / plain['rate']:.2f} (in-process / plain, no HTTP or JSON)")
     print(
         f"throughput vs in-process: {ours['rate'] / inproc:.0%} "
         f"(target >= 50%: {'PASS' if ours['rate'] >= 0.5 * inproc else 'MISS'})"
