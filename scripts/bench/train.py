@@ -105,8 +105,10 @@ def measure_tier(tier: str, seeds: list[int], budget: float | None, bare: bool, 
 def report(results: list[dict[str, object]], budget: float | None) -> None:
     nightly = budget is not None and budget >= 300
     print()
-    print("| tier | CPU | train + evaluate (median, max) | accuracy (mean, min) | epochs | images/s | GFLOPS "
-          "| bare loop, oneDNN off / on | node / bare |")
+    print(
+        "| tier | CPU | train + evaluate (median, max) | accuracy (mean, min) | epochs | images/s | GFLOPS "
+        "| bare loop, oneDNN off / on | node / bare |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for result in results:
         rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]

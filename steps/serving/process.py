@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from steps.lifeline import die_with_parent
+
 log = logging.getLogger(__name__)
 SERVER_STOP_S = 30.0  # in-flight requests get this long (uvicorn's graceful shutdown is as long)
 
@@ -20,6 +22,7 @@ class ModelServerProcess:
     """`fashion-pipeline serve` as a child process, its output folded into our log.
 
     It leads its own process group: a terminal's Ctrl-C reaches only its parent, which stops it once.
+    It dies with the thread that started it, so start it from one that lives as long as it should.
     """
 
     def __init__(self, store_uri: str, host: str, port: int) -> None:
@@ -28,7 +31,12 @@ class ModelServerProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            process_group=0,
+            preexec_fn=die_with_parent(),  # started and waited for by the caller's thread
         )
         threading.Thread(target=self._relay, name="server-log", daemon=True).start()
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from steps.lifeline import die_with_parent
 from steps.serving.process import terminate_group
 
 log = logging.getLogger("serve")
@@ -50,7 +51,7 @@ def worker_argv(argv: list[str]) -> list[str]:
 
 def supervise(argv: list[str], workers: int, shutdown: StopRequests) -> bool:
     """Run the workers until a stop is requested or one exits; True if every one stopped cleanly."""
-    children = [subprocess.Popen(argv, process_group=0) for _ in range(workers)]
+    children = [subprocess.Popen(argv, process_group=0, preexec_fn=die_with_parent()) for _ in range(workers)]
 
     def stop() -> None:
         for child in children:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from steps.errors import UserError
 from workflows.cli.app import ParameterOption, RunsDirOption, app, embedded_defaults, parse_parameters, user
 
+if TYPE_CHECKING:
+    from workflows.engine import Engine, Run
+
 PANEL = "Development"
 
 OUTPUT_FORMATS = ("text", "json")
 
 
-def _file_store(values: dict[str, str]) -> Path | None:
+def file_store(values: dict[str, str]) -> Path | None:
     """The directory of a file store the nodes use (a container runtime mounts it at the same path)."""
     from steps.storage import open_store
 
@@ -56,8 +60,6 @@ def run(
     from workflows import trigger
     from workflows.engine import Engine, load_manifest, resolve_parameters, workflow_parameters
     from workflows.engine.runtime import make_runtime
-    from workflows.progress import Progress
-    from workflows.shutdown import Shutdown, kill_descendants
 
     if output not in OUTPUT_FORMATS:
         raise UserError(f"--output {output!r}: use one of {', '.join(OUTPUT_FORMATS)}")
@@ -76,10 +78,27 @@ def run(
     values = {**embedded_defaults(declared), **overrides}
     if trigger.ARGUMENT in declared:
         values[trigger.ARGUMENT] = trigger.summary("cli", "fashion-pipeline run", user=user(), operator=overrides)
-    node_runtime = make_runtime(runtime, image=image, file_store=_file_store(resolve_parameters(manifest, values)))
-    shutdown = Shutdown("fashion-pipeline run").install()
+    node_runtime = make_runtime(runtime, image=image, file_store=file_store(resolve_parameters(manifest, values)))
+    execute_foreground(
+        lambda on_update: Engine(manifest, runs_dir, values, name=name, on_update=on_update, runtime=node_runtime),
+        "fashion-pipeline run",
+        output,
+    )
+
+
+def execute_foreground(make_engine: Callable[[Callable[[Run], None]], Engine], what: str, output: str) -> None:
+    """Run a workflow in this process with its progress on the terminal; a stop signal stops it like `argo stop`.
+
+    What a crash of an earlier engine left (node processes, containers) is removed first.
+    """
+    from workflows.engine.orphans import sweep
+    from workflows.progress import Progress
+    from workflows.shutdown import Shutdown, kill_descendants
+
+    sweep()
+    shutdown = Shutdown(what).install()
     with Progress() as progress:
-        engine = Engine(manifest, runs_dir, values, name=name, on_update=progress.update, runtime=node_runtime)
+        engine = make_engine(progress.update)
         shutdown.on_stop(lambda: engine.stop(shutdown.reason))
 
         def force() -> None:

@@ -32,6 +32,13 @@ OperatorParameterOption = Annotated[
         help="NAME=VALUE for every run started here, gate policy included (events cannot set the policy).",
     ),
 ]
+RetryInterruptedOption = Annotated[
+    bool,
+    typer.Option(
+        "--retry-interrupted",
+        help="At start, retry the runs a crash cut short (Error: engine exited unexpectedly), like `runs retry`.",
+    ),
+]
 AllowDataUrlOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -62,13 +69,15 @@ def receiver(
     allow_data_url: list[str] | None,
     launcher: str,
 ) -> Any:
-    """The webhook server and the run queue it feeds (not started)."""
+    """The webhook server and the run queue it feeds (not started); what a crash left is removed first."""
     from workflows.engine import RunQueue, workflow_parameters
+    from workflows.engine.orphans import sweep
     from workflows.payload import DEFAULT_DATA_URL_PREFIXES, check_data_url_prefixes
     from workflows.pipeline import manifest
     from workflows.webhook import EventLog, WebhookServer
 
     operator = parse_parameters(parameter)
+    sweep()
     prefixes = check_data_url_prefixes(allow_data_url) if allow_data_url else DEFAULT_DATA_URL_PREFIXES
     token = _webhook_token(token_file)
     defaults = embedded_defaults(workflow_parameters(manifest()))
@@ -88,6 +97,7 @@ def webhook(
     runs_dir: RunsDirOption = Path("runs"),
     parameter: OperatorParameterOption = None,
     allow_data_url: AllowDataUrlOption = None,
+    retry_interrupted: RetryInterruptedOption = False,
 ) -> None:
     """The local retrain webhook: POST /retrain queues a pipeline run, like the Argo Events Sensor.
 
@@ -106,6 +116,7 @@ def webhook(
 
     shutdown.on_force(force)
     server.start()
+    retry_cut_short(runs, retry_interrupted)
     requeued = server.requeue_unstarted()
     log.info(
         "listening on http://%s:%d/retrain%s",
@@ -120,6 +131,21 @@ def webhook(
         server.shutdown()
         clean = runs.close(shutdown.reason, RUN_STOP_S)
     _stopped(shutdown, clean)
+
+
+def retry_cut_short(runs: Any, retry: bool) -> None:
+    """Runs a crash cut short: retried with --retry-interrupted, else named with the command that retries them."""
+    interrupted = runs.interrupted()
+    if retry:
+        for name in interrupted:
+            runs.retry(name)
+    elif interrupted:
+        shown = ", ".join(interrupted[-5:]) + (f" and {len(interrupted) - 5} more" if len(interrupted) > 5 else "")
+        log.warning(
+            "cut short by a crash: %s; `fashion-pipeline runs retry NAME` resumes one (or start with "
+            "--retry-interrupted)",
+            shown,
+        )
 
 
 def _stopped(shutdown: Any, clean: bool) -> None:
@@ -144,6 +170,7 @@ def up(
     drop_poll: Annotated[
         float, typer.Option(min=0.0, help="Seconds between looks at the store's incoming/ for data drops (0: off).")
     ] = 5.0,
+    retry_interrupted: RetryInterruptedOption = False,
 ) -> None:
     """The embedded platform: model server, retrain webhook, data drops and the nightly schedule, until Ctrl-C."""
     from workflows.drops import DropWatcher
@@ -153,6 +180,7 @@ def up(
     shutdown = Shutdown("fashion-pipeline up").install()
     server, runs = receiver(host, webhook_port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline up")
     drops = DropWatcher(open_store(), runs, drop_poll) if drop_poll > 0 else None
+    retry_cut_short(runs, retry_interrupted)
     _stopped(shutdown, run_platform(open_registry(), host, port, server, runs, shutdown, drops))
 
 

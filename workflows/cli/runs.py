@@ -1,7 +1,8 @@
-"""`fashion-pipeline runs`: past and current local runs, like `argo list`, `argo get`, `argo logs`, `argo delete`.
+"""`fashion-pipeline runs`: local runs, like `argo list`, `argo get`, `argo logs`, `argo retry`, `argo delete`.
 
 Everything is read from the runs directory the engine writes (`runs/<name>/workflow.json` and each
-node's `attempt-N/log.txt`), so it works while a run is going on in another process.
+node's `attempt-N/log.txt`), so it works while a run is going on in another process. A run whose
+engine died is shown, and recorded, as Error: `engine exited unexpectedly`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 
 from steps.errors import UserError
 from workflows.cli.app import app
+from workflows.engine import records
 
 runs_app = typer.Typer(help="Local runs: list, get, logs, delete (like the argo CLI).", no_args_is_help=True)
 app.add_typer(runs_app, name="runs", rich_help_panel="Registry and runs")
@@ -53,7 +55,7 @@ def read_record(runs_dir: Path, name: str) -> dict[str, Any]:
         hint = f": did you mean {', '.join(close)}?" if close else f" ({len(known)} runs there: `runs list`)"
         raise UserError(f"no run named {name!r} in {runs_dir}{hint}")
     try:
-        return json.loads(path.read_text())
+        return records.read_record(path.parent)
     except json.JSONDecodeError as exc:
         raise UserError(f"the record of {name} ({path}) is not valid JSON: {exc}") from exc
 
@@ -208,6 +210,47 @@ def runs_logs(
         running = drain()
     if follow:
         drain()
+
+
+@runs_app.command("retry")
+def runs_retry(
+    name: RunName,
+    runs_dir: RunsDir = Path("runs"),
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="text: the result in words; json: the run record, for scripts.")
+    ] = "text",
+) -> None:
+    """Run a Failed or Error run again from its failed or interrupted nodes, like `argo retry`.
+
+    Same workflow, same arguments, same place (process or image). Nodes that Succeeded are not run
+    again: their recorded outputs stand. The exit handler runs again. The record keeps every try.
+    """
+    from workflows.cli.dev import execute_foreground
+    from workflows.engine import Engine
+
+    _check_output(output)
+    read_record(runs_dir, name)  # an unknown name: the closest ones
+    execute_foreground(
+        lambda on_update: Engine.retry(runs_dir, name, on_update, _recorded_runtime(runs_dir, name)),
+        "fashion-pipeline runs retry",
+        output,
+    )
+
+
+def _recorded_runtime(runs_dir: Path, name: str) -> Any:
+    """The runtime the run's nodes ran in (`run --runtime`, `--image`); None for the process runtime."""
+    from workflows.cli.dev import file_store
+    from workflows.engine import resolve_parameters
+    from workflows.engine.runtime import make_runtime
+
+    record = read_record(runs_dir, name)
+    runtime = record.get("runtime") or {}
+    manifest_path = runs_dir / name / records.MANIFEST_FILE
+    if runtime.get("name", "process") == "process" or not manifest_path.is_file():
+        return None  # (without its manifest the run cannot be retried: Engine.retry says so)
+    manifest = json.loads(manifest_path.read_text())
+    values = resolve_parameters(manifest, {k: str(v) for k, v in record.get("parameters", {}).items()})
+    return make_runtime(runtime["name"], image=runtime.get("image"), file_store=file_store(values))
 
 
 @runs_app.command("delete")

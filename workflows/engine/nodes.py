@@ -135,7 +135,7 @@ class NodeRunner:
 
     def _run_pod(self, template: dict[str, Any], node: Node, scope: dict[str, str]) -> tuple[str, str]:
         """One attempt of a container or script template; returns (phase, message)."""
-        attempt_dir = self.run.directory / node.name / f"attempt-{node.attempts}"
+        attempt_dir = self.run.directory / node.name / f"attempt-{node.earlier_attempts + node.attempts}"
         out_dir = attempt_dir / "outputs"
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -185,6 +185,8 @@ class NodeRunner:
             container_security=body.get("securityContext") or {},
             resources=body.get("resources") or {},
             script=substitute(body["source"], scope, f"{where}.source") if "source" in body else None,
+            run=self.run.name,
+            owner=self.run.engine,
         )
 
     def _timeout(self, template: dict[str, Any]) -> float | None:

@@ -6,7 +6,6 @@ argument records who started it, with which payload and which operator values.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 from steps.errors import UserError
 from workflows import trigger
 from workflows.engine.manifest import resolve_parameters
+from workflows.engine.records import ENGINE_GONE, RECORD_FILE, read_record
 from workflows.engine.scheduler import Engine
 from workflows.run_summary import lines, summarise
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class _Job:
     name: str
     parameters: dict[str, str]
+    retry: bool = False  # run it again from its failed nodes (`runs retry`), with its recorded arguments
 
 
 class RunQueue:
@@ -77,6 +78,27 @@ class RunQueue:
         self._jobs.put(job)
         log.info("queued %s (%d waiting)", name, self._jobs.qsize())
 
+    def retry(self, name: str) -> None:
+        """Queue `runs retry NAME`: the run again from its failed or interrupted nodes."""
+        record = self.status(name) or {}
+        job = _Job(name, dict(record.get("parameters", {})), retry=True)
+        with self._lock:
+            self._pending[name] = job
+        self._jobs.put(job)
+        log.info("queued a retry of %s", name)
+
+    def interrupted(self) -> list[str]:
+        """Runs an engine's crash cut short (Error, `engine exited unexpectedly`), oldest first."""
+        found = []
+        for directory in sorted(self.runs_dir.glob(f"*/{RECORD_FILE}")):
+            try:
+                record = read_record(directory.parent)
+            except (OSError, ValueError):
+                continue
+            if record.get("phase") == "Error" and record.get("message") == ENGINE_GONE:
+                found.append((record.get("started") or "", record["name"]))
+        return [name for _, name in sorted(found)]
+
     def busy(self) -> bool:
         with self._lock:
             return bool(self._pending) or self._engine is not None
@@ -87,13 +109,16 @@ class RunQueue:
                 return {"name": name, "phase": "Pending", "parameters": self._pending[name].parameters}
             if self._engine is not None and self._engine.run.name == name:
                 return self._engine.run.record()
-        record = self.runs_dir / name / "workflow.json"
-        return json.loads(record.read_text()) if record.is_file() else None
+        directory = self.runs_dir / name
+        return read_record(directory) if (directory / RECORD_FILE).is_file() else None
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
-                engine = Engine(self.manifest(), self.runs_dir, job.parameters, name=job.name)
+                if job.retry:
+                    engine = Engine.retry(self.runs_dir, job.name)
+                else:
+                    engine = Engine(self.manifest(), self.runs_dir, job.parameters, name=job.name)
                 with self._lock:
                     if self._closing:  # its event stays in the event log: the next start queues it again
                         continue

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from steps.errors import UserError
+from steps.lifeline import Owner, die_with_parent
+from workflows.engine.orphans import node_labels, node_marks
+from workflows.engine.reaper import Reaper
 
 _KILL_GRACE_S = 5
 # Argo's emissary keeps its files (and the progress file) here in every pod.
@@ -51,6 +54,8 @@ class Pod:
     container_security: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     script: str | None = None  # a script template's source
+    run: str = ""  # the workflow's name, and the engine that runs it: what names an orphan later
+    owner: Owner | None = None
 
     @property
     def progress_path(self) -> Path:
@@ -173,6 +178,8 @@ class ProcessRuntime:
             env[item["name"]] = value
         pod.progress_path.parent.mkdir(parents=True, exist_ok=True)
         env.update(argo_env(pod, str(pod.progress_path)))
+        if pod.owner is not None:
+            env.update(node_marks(pod.run, pod.owner))
         with open(pod.log_path, "wb") as log:
             try:
                 proc = subprocess.Popen(
@@ -182,6 +189,7 @@ class ProcessRuntime:
                     env=env,
                     cwd=pod.working_dir or pod.attempt_dir,
                     start_new_session=True,
+                    preexec_fn=die_with_parent(),  # the engine's end is the node's end, even by SIGKILL
                 )
             except OSError as exc:
                 return Exit(reason="error", message=f"cannot start {argv[0]}: {exc.strerror}")
@@ -270,6 +278,7 @@ class ContainerRuntime:
         self._lock = threading.Lock()
         self._image_users: dict[str, str] = {}
         self._shared_with: set[int] = set()
+        self._reaper = Reaper(self.engine)
 
     # -- what the kubelet checks before it starts a container
     def _image_user(self, image: str) -> str:
@@ -339,6 +348,8 @@ class ContainerRuntime:
         uid, gid = self._user(pod, image)
         sc = pod.container_security
         args = [self.engine, "create", "--name", pod.name, "--hostname", pod.name[:63], "--network", "host"]
+        if pod.owner is not None:
+            args += [f"--label={key}={value}" for key, value in node_labels(pod.run, pod.owner).items()]
         if uid is not None:
             args += ["--user", f"{uid}:{gid}" if gid is not None else str(uid)]
         for group in [pod.pod_security.get("fsGroup"), *pod.pod_security.get("supplementalGroups", [])]:
@@ -411,8 +422,10 @@ class ContainerRuntime:
         except _Refused as exc:
             return Exit(reason="error", message=str(exc))
         subprocess.run([self.engine, "rm", "--force", pod.name], capture_output=True)
+        self._reaper.created(pod.name)  # before it exists: a crash from here on still removes it
         created = subprocess.run(create, capture_output=True, text=True)
         if created.returncode != 0:
+            self._reaper.removed(pod.name)
             return Exit(reason="error", message=f"{self.engine} create: {_last_line(created.stderr)}")
         with self._lock:
             self._container = pod.name
@@ -423,6 +436,7 @@ class ContainerRuntime:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=die_with_parent(),
                 )
                 self._client = client
                 try:
@@ -445,6 +459,7 @@ class ContainerRuntime:
                 self._container = None
                 self._client = None
             subprocess.run([self.engine, "rm", "--force", pod.name], capture_output=True)
+            self._reaper.removed(pod.name)
 
     def _exit_code(self, name: str) -> int:
         result = subprocess.run(

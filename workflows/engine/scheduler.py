@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
+from steps.lifeline import Owner
 from workflows.argo_expressions import evaluate_depends, evaluate_when, referenced_tasks, task_condition, task_results
 from workflows.engine.manifest import check_supported, resolve_parameters
 from workflows.engine.nodes import Limits, NodeRunner, substitute
-from workflows.engine.records import Node, Run, iso
+from workflows.engine.records import (
+    MANIFEST_FILE,
+    RECORD_FILE,
+    Node,
+    Run,
+    epoch,
+    iso,
+    read_record,
+    write_record,
+)
 from workflows.engine.runtime import ProcessRuntime, Runtime, pod_name
 
 # Argo maps the entry node's phase to the workflow's (operator.go, operate): Skipped and Omitted succeed.
@@ -39,7 +50,9 @@ class Engine:
         on_update: Callable[[Run], None] | None = None,
         executable_dir: Path | None = None,
         runtime: Runtime | None = None,
+        retry: dict[str, Any] | None = None,
     ) -> None:
+        """`retry`: the record of this run's last try, to run again from its failed nodes (`runs retry`)."""
         self.manifest = manifest
         self.runtime: Runtime = runtime or ProcessRuntime(executable_dir)
         ignored = check_supported(manifest, self.runtime.honoured)
@@ -50,10 +63,16 @@ class Engine:
             raise UserError(f"workflow name {run_name!r} must be lowercase letters, digits and dashes")
         runs_dir = runs_dir.resolve()
         directory = runs_dir / run_name
-        if directory.exists():
+        if retry is None and (directory / RECORD_FILE).exists():
             raise UserError(f"a run named {run_name} already exists in {runs_dir}: pick another name")
         self.templates = {t["name"]: t for t in manifest["spec"].get("templates", [])}
         self.run = Run(name=run_name, directory=directory, parameters=values, ignored=ignored)
+        self.run.engine = Owner.current()
+        self.run.runtime = {"name": self.runtime.name, **({"image": image} if (image := _image(self.runtime)) else {})}
+        self._reused: dict[str, Node] = {}
+        self._earlier: dict[str, int] = {}
+        if retry is not None:
+            self._resume(retry)
         self.on_update = on_update or (lambda run: None)
         self._lock = threading.Lock()
         self.limits = Limits()
@@ -79,10 +98,84 @@ class Engine:
             self.on_update(self.run)
 
     def _write_record(self) -> None:
-        self.run.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.run.directory / ".workflow.json.tmp"
-        tmp.write_text(json.dumps(self.run.record(), indent=2) + "\n")
-        os.replace(tmp, self.run.directory / "workflow.json")
+        if not (self.run.directory / RECORD_FILE).exists():
+            self._create_directory()
+        write_record(self.run.directory, self.run.record())
+
+    def _create_directory(self) -> None:
+        """The run's directory appears whole, with its record and manifest, or not at all.
+
+        A run whose directory exists has started: a restart never starts its event again. Two
+        engines starting the same name: the second one's rename fails.
+        """
+        runs_dir = self.run.directory.parent
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        staging = runs_dir / f".{self.run.name}.{secrets.token_hex(4)}.new"
+        staging.mkdir()
+        (staging / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=1) + "\n")
+        (staging / RECORD_FILE).write_text(json.dumps(self.run.record(), indent=2) + "\n")
+        try:
+            os.rename(staging, self.run.directory)  # onto nothing, or onto an empty directory a crash left
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UserError(f"a run named {self.run.name} already exists in {runs_dir}: pick another name") from exc
+
+    # --- retry ---------------------------------------------------------------------------------
+    @classmethod
+    def retry(
+        cls,
+        runs_dir: Path,
+        name: str,
+        on_update: Callable[[Run], None] | None = None,
+        runtime: Runtime | None = None,
+    ) -> Engine:
+        """`argo retry`: the run again, same arguments, from its failed or interrupted nodes."""
+        directory = runs_dir / name
+        if not (directory / RECORD_FILE).is_file():
+            raise UserError(f"no run named {name!r} in {runs_dir} (`runs list` shows them)")
+        record = read_record(directory)
+        phase = record.get("phase")
+        if phase in ("Running", "Pending"):
+            raise UserError(f"run {name} is {phase}: wait for it to end (or stop it), then retry")
+        if phase == "Succeeded":
+            raise UserError(f"run {name} Succeeded: there is nothing to retry (start a new run)")
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise UserError(f"run {name} was recorded without its workflow ({MANIFEST_FILE}): start a new run")
+        manifest = json.loads(manifest_path.read_text())
+        parameters = {str(k): str(v) for k, v in record.get("parameters", {}).items()}
+        return cls(manifest, runs_dir, parameters, name=name, on_update=on_update, runtime=runtime, retry=record)
+
+    def _resume(self, record: dict[str, Any]) -> None:
+        """Keep the Succeeded nodes of the last try with their outputs; the others run again."""
+        try_ = {k: record.get(k) for k in ("phase", "message", "started", "finished", "engine", "nodes")}
+        self.run.tries = [*record.get("tries", []), try_]
+        self.run.global_outputs = dict(record.get("outputs", {}).get("parameters", {}))
+        self.run.started = epoch(record.get("started")) or self.run.started
+        exit_handler = self.manifest["spec"].get("onExit")
+        for item in record.get("nodes", []):
+            name, attempts = item["name"], int(item.get("attempts") or 0)
+            self._earlier[name] = attempts + int(item.get("earlier_attempts") or 0)
+            if item.get("phase") == "Succeeded" and name != "onExit" and item.get("template") != exit_handler:
+                outputs = item.get("outputs", {})
+                self._reused[name] = Node(
+                    name=name,
+                    template=item["template"],
+                    phase="Succeeded",
+                    message=item.get("message", ""),
+                    started=(started := epoch(item.get("started"))),
+                    # its duration as recorded (the time stamps keep whole seconds only)
+                    finished=started + float(item["duration_s"]) if started and item.get("duration_s") else None,
+                    attempts=attempts,
+                    earlier_attempts=int(item.get("earlier_attempts") or 0),
+                    outputs=dict(outputs.get("parameters", {})),
+                    artifacts=dict(outputs.get("artifacts", {})),
+                    log=item.get("log", ""),
+                    progress=item.get("progress", ""),
+                )
+
+    def _new_node(self, name: str, template: str) -> Node:
+        return self._reused.get(name) or Node(name=name, template=template, earlier_attempts=self._earlier.get(name, 0))
 
     def _global_scope(self) -> dict[str, str]:
         scope = {f"workflow.parameters.{k}": v for k, v in self.run.parameters.items()}
@@ -176,8 +269,10 @@ class Engine:
         inputs = self._bind_inputs(template, arguments, node_name)
         if "dag" in template:
             return self._run_dag(template, node_name, inputs)
-        node = Node(name=node_name, template=template_name)
+        node = self._new_node(node_name, template_name)
         self.run.nodes[node_name] = node
+        if node_name in self._reused:
+            return node.phase, node.message
         scope = {**self._global_scope(), **(extra_scope or {})}
         scope.update({f"inputs.parameters.{k}": v for k, v in inputs.items()})
         self.nodes.execute(template, node, scope)
@@ -207,7 +302,7 @@ class Engine:
         outputs: dict[str, dict[str, str]] = {}
         base_scope = {**self._global_scope(), **{f"inputs.parameters.{k}": v for k, v in inputs.items()}}
         for name, task in tasks.items():
-            self.run.nodes.setdefault(name, Node(name=name, template=task["template"]))
+            self.run.nodes.setdefault(name, self._new_node(name, task["template"]))
         pending = list(tasks)
         while pending:
             ready = [n for n in pending if all(d in phases for d in deps[n])]
@@ -217,6 +312,9 @@ class Engine:
                 pending.remove(name)
                 task = tasks[name]
                 node = self.run.nodes[name]
+                if name in self._reused:  # Succeeded in the last try: its outputs stand, it does not run again
+                    phases[name], outputs[name] = node.phase, node.outputs
+                    continue
                 cond = conditions[name]
                 if cond is not None and not evaluate_depends(cond, {d: task_results(phases[d]) for d in deps[name]}):
                     node.phase, node.message = "Omitted", "its dependencies were not met"
@@ -269,3 +367,7 @@ class Engine:
         """Outputs of a Skipped task: only those that declare a default exist (Argo >= 4.0.7)."""
         params = self.templates[template_name].get("outputs", {}).get("parameters", [])
         return {p["name"]: str(p["valueFrom"]["default"]) for p in params if "default" in p.get("valueFrom", {})}
+
+
+def _image(runtime: Runtime) -> str | None:
+    return getattr(runtime, "image_override", None)
