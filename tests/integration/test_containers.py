@@ -11,10 +11,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import CLI, FILE_NAMES, PROMOTED_PHASES, S3Server, dag_workflow
 
 from workflows import templates
@@ -214,3 +217,71 @@ def test_the_quick_pipeline_runs_twice_in_the_image_promotes_then_rejects(
     assert alias["version"] == version
     summary = Path(nodes["onExit"]["outputs"]["artifacts"]["summary"]).read_text()
     assert "**reject**" in summary and f"Production: {version}" in summary
+
+
+# -- crashes: what a killed engine leaves in the container engine ---------------------------------------
+def _containers_of(run: str) -> list[str]:
+    listed = subprocess.run(
+        ["podman", "ps", "--all", "--filter", f"label=fashion-pipeline.run={run}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+    )
+    return listed.stdout.split()
+
+
+def _sleeper(tmp_path: Path, image: str, seconds: int) -> Path:
+    manifest = _probe_workflow(f"import time; time.sleep({seconds})", [], runAsNonRoot=True, runAsUser=10001)
+    manifest["spec"]["templates"][1]["container"]["image"] = image
+    path = tmp_path / "sleeper.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def test_a_sigkilled_engine_leaves_no_container_and_one_left_earlier_is_removed_at_the_next_start(
+    step_image: str, tmp_path: Path
+) -> None:
+    from steps.lifeline import Owner
+
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "FASHION_PIPELINE_STORE": str(tmp_path / "store")}
+    argv = [CLI, "run", "--runtime", "podman", "--file", str(_sleeper(tmp_path, step_image, 600)), "--name", "nap"]
+    engine = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _containers_of("nap") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _containers_of("nap"), "the node's container never started"
+    finally:
+        engine.kill()
+        engine.wait()
+    deadline = time.monotonic() + 60
+    while _containers_of("nap") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _containers_of("nap")
+    if left:
+        subprocess.run(["podman", "rm", "--force", *left], capture_output=True)
+    assert not left, f"left after the engine was killed: {left}"
+
+    # A container an earlier crash left (its engine gone, its reaper too): removed at the next start.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = Owner.of(ended.pid)
+    ended.wait()
+    labels = [f"--label=fashion-pipeline.owner={dead}", "--label=fashion-pipeline.run=old-run"]
+    subprocess.run(
+        ["podman", "create", "--name", "left-behind", *labels, step_image, "python", "-c", "pass"],
+        check=True,
+        capture_output=True,
+    )
+    again = subprocess.run(
+        [CLI, "run", "--runtime", "podman", "--file", str(_sleeper(tmp_path, step_image, 0)), "--name", "next"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    subprocess.run(["podman", "rm", "--force", "left-behind"], capture_output=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"removed container left-behind of run old-run, left by an engine that exited (pid {dead.pid})" in (
+        again.stderr
+    )
+    assert not _containers_of("old-run") and not _containers_of("next")

@@ -28,6 +28,7 @@ from conftest import CLI, PROMOTED_PHASES, S3Server, free_port, write_drop
 from steps.registry import Registry
 from steps.storage import Store, open_store
 from workflows.drops import prepare_manifest, upload_drop
+from workflows.engine.records import RECORD_FILE, read_record
 
 KILLS = 8
 SEED = 20261205
@@ -100,10 +101,16 @@ def nothing_left(tmp_path: Path) -> None:
 
 
 def runs_listed(cwd: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    """What `runs list` shows."""
     proc = subprocess.run([CLI, "runs", "list", "-o", "json"], cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     records: list[dict[str, Any]] = json.loads(proc.stdout)
     return records
+
+
+def runs_read(cwd: Path) -> list[dict[str, Any]]:
+    """The records as `runs list` reads them (the same function), without starting a process each time."""
+    return [read_record(path.parent) for path in sorted((cwd / "runs").glob(f"*/{RECORD_FILE}"))]
 
 
 def check_store(store: Store) -> None:
@@ -125,10 +132,10 @@ def check_store(store: Store) -> None:
         assert pointer is None or pointer["version"] in versions, f"{key} names a version not listed: {pointer}"
 
 
-def check_after_kill(tmp_path: Path, env: dict[str, str], store: Store) -> None:
+def check_after_kill(tmp_path: Path, store: Store) -> None:
     nothing_left(tmp_path)
     check_store(store)
-    records = runs_listed(tmp_path, env)
+    records = runs_read(tmp_path)
     shown = {r["name"]: r["phase"] for r in records}
     assert not [n for n, phase in shown.items() if phase in ("Running", "Pending")], shown
     for record in records:
@@ -154,7 +161,7 @@ def kill_runs_at_random_moments(tmp_path: Path, env: dict[str, str], store: Stor
             time.sleep(moment)
         finally:
             kill(run, group=i % 2 == 0)
-        check_after_kill(tmp_path, env, store)
+        check_after_kill(tmp_path, store)
 
 
 def run_to_end(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -163,14 +170,22 @@ def run_to_end(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subproc
     return proc, time.monotonic() - started
 
 
+@pytest.fixture(scope="module")
+def quick_run_s(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> float:
+    """How long a whole quick run takes on this machine: the kills are spread over it."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    env = environment(tmp_path, str(tmp_path / "store"))
+    first, duration_s = run_to_end(tmp_path, env, "run", "--name", "uninterrupted", *flags({**QUICK, "seed": "100"}))
+    assert first.returncode == 0, first.stderr[-3000:]
+    return duration_s
+
+
 def test_runs_killed_at_random_moments_on_a_file_store_leave_nothing_behind_and_retry_resumes(
-    tmp_path: Path, real_mirror: Path
+    tmp_path: Path, quick_run_s: float
 ) -> None:
     env = environment(tmp_path, str(tmp_path / "store"))
     store = open_store(str(tmp_path / "store"))
-    first, duration_s = run_to_end(tmp_path, env, "run", "--name", "first", *flags({**QUICK, "seed": "100"}))
-    assert first.returncode == 0, first.stderr[-3000:]
-    kill_runs_at_random_moments(tmp_path, env, store, duration_s)
+    kill_runs_at_random_moments(tmp_path, env, store, quick_run_s)
 
     # Killed during evaluate, then retried: evaluate, gate, rollout and the exit handler run again.
     argv = [CLI, "run", "--name", "resumed", *flags({**QUICK, "seed": "101"})]
@@ -182,8 +197,8 @@ def test_runs_killed_at_random_moments_on_a_file_store_leave_nothing_behind_and_
         time.sleep(1.0)
     finally:
         kill(run, group=False)
-    check_after_kill(tmp_path, env, store)
-    before = json.loads((tmp_path / "runs" / "resumed" / "workflow.json").read_text())
+    check_after_kill(tmp_path, store)
+    before = {r["name"]: r for r in runs_listed(tmp_path, env)}["resumed"]
     assert before["phase"] == "Error" and before["message"] == "engine exited unexpectedly"
 
     retried, _ = run_to_end(tmp_path, env, "runs", "retry", "resumed", "-o", "json")
@@ -210,18 +225,12 @@ def test_runs_killed_at_random_moments_on_a_file_store_leave_nothing_behind_and_
 
 
 def test_runs_killed_at_random_moments_on_an_s3_store_leave_no_torn_record_and_no_dangling_alias(
-    tmp_path: Path, s3_server: S3Server, real_mirror: Path
+    tmp_path: Path, bucket: str, s3_server: S3Server, quick_run_s: float
 ) -> None:
-    bucket = "crash-s3"
-    s3_server.make_bucket(bucket)
     uri = f"s3://{bucket}/store"
     env = environment(tmp_path, uri, s3_server)
-    first, duration_s = run_to_end(tmp_path, env, "run", "--name", "first", *flags({**QUICK, "seed": "100"}))
-    assert first.returncode == 0, first.stderr[-3000:]
-    for key, value in s3_server.env().items():
-        os.environ.setdefault(key, value)
     store = open_store(uri)
-    kill_runs_at_random_moments(tmp_path, env, store, duration_s)
+    kill_runs_at_random_moments(tmp_path, env, store, quick_run_s * 1.2)  # S3 adds about a fifth
     last, _ = run_to_end(tmp_path, env, "run", "--name", "after-the-kills", *flags({**QUICK, "seed": "102"}))
     assert last.returncode == 0, last.stderr[-3000:]
     check_store(store)
@@ -264,7 +273,7 @@ class Arrivals:
                 upload_drop(self.store, directory, prepare_manifest(directory, name, "crash test", {"epochs": "1"}))
                 self.accepted.append(f"drop-{name}")  # drop.json landed: it must start one run
                 continue
-            body = {"event_id": name, "train_limit": 1000, "epochs": 1, "seed": self.counter}
+            body: dict[str, Any] = {"event_id": name, "train_limit": 1000, "epochs": 1, "seed": self.counter}
             try:
                 answer = requests.post(
                     f"http://127.0.0.1:{self.port}/retrain",
@@ -319,13 +328,13 @@ def test_up_killed_while_events_and_drops_arrive_loses_none_and_runs_none_twice(
             )
         try:
             wait_for(lambda: webhook_up(port), "the webhook", timeout=120)
-            moment = rng.uniform(0.5, 10.0)
-            arrivals.send_for(events=2 if i % 2 else 1, drops=i % 2, window_s=moment)
+            moment = rng.uniform(0.5, 8.0)
+            arrivals.send_for(events=i % 2, drops=1 - i % 2, window_s=moment)
             time.sleep(moment)
         finally:
             kill(up, group=i % 2 == 1)
             arrivals.stop()
-        check_after_kill(tmp_path, env, store)
+        check_after_kill(tmp_path, store)
 
     # The last start: every accepted event and landed drop runs, once; what a kill cut short stays Error.
     final = tmp_path / "up-final.log"
@@ -335,7 +344,7 @@ def test_up_killed_while_events_and_drops_arrive_loses_none_and_runs_none_twice(
         wait_for(lambda: webhook_up(port), "the webhook", timeout=120)
 
         def all_ended() -> bool:
-            shown = {r["name"]: r["phase"] for r in runs_listed(tmp_path, env)}
+            shown = {r["name"]: r["phase"] for r in runs_read(tmp_path)}
             return all(shown.get(name) in ("Succeeded", "Failed", "Error") for name in arrivals.accepted)
 
         wait_for(all_ended, f"the runs of {len(arrivals.accepted)} accepted arrivals to end", timeout=1200)
@@ -353,7 +362,7 @@ def test_up_killed_while_events_and_drops_arrive_loses_none_and_runs_none_twice(
     assert "could not run" not in text  # a second start of a run that already exists is refused: never happens
     records = {r["name"]: r for r in runs_listed(tmp_path, env)}
     assert set(arrivals.accepted) <= set(records), set(arrivals.accepted) - set(records)
-    assert len(arrivals.accepted) >= KILLS, arrivals.accepted
+    assert len(arrivals.accepted) >= KILLS // 2, arrivals.accepted
     for name in arrivals.accepted:
         record = records[name]
         assert "tries" not in record, f"{name} ran more than once"

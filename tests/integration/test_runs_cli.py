@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -269,3 +270,47 @@ def test_tensorflow_native_log_lines_only_with_verbose(tmp_path: Path, drop: Pat
     loud = fashion(tmp_path, "-v", *train, "--out", "loud", env=env)
     assert loud.returncode == 0, loud.stderr
     assert TF_NATIVE_LOG.search(loud.stderr), loud.stderr
+
+
+def test_a_sigkilled_engine_takes_its_node_with_it_and_the_run_reads_as_error(tmp_path: Path) -> None:
+    run = start(tmp_path, "run", "--file", str(hanging(tmp_path)), "--name", "cut")
+    try:
+        wait_for(lambda: node_phase(tmp_path, "cut", "hang") == "Running", "the node to start")
+        nodes = psutil.Process(run.pid).children(recursive=True)
+        assert nodes, "the node process"
+    finally:
+        run.kill()  # the engine alone: its node is in a session of its own
+        run.communicate()
+    gone = alive(nodes)
+    deadline = time.monotonic() + 10
+    while gone and time.monotonic() < deadline:
+        time.sleep(0.1)
+        gone = alive(nodes)
+    for process in gone:
+        process.kill()
+    assert not gone, [p.cmdline() for p in gone]
+    shown = fashion(tmp_path, "runs", "get", "cut", "-o", "json")
+    settled = json.loads(shown.stdout)
+    assert (settled["phase"], settled["message"]) == ("Error", "engine exited unexpectedly")
+    assert {n["name"]: n["phase"] for n in settled["nodes"]} == {"hang": "Error"}
+    assert record(tmp_path, "cut")["phase"] == "Error"  # written so, for every later reader
+
+
+def test_a_node_process_a_dead_engine_left_is_killed_at_the_next_start_and_the_log_says_so(tmp_path: Path) -> None:
+    from steps.lifeline import Owner
+
+    engine = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = Owner.of(engine.pid)
+    engine.wait()
+    marks = {"FASHION_PIPELINE_OWNER": str(dead), "FASHION_PIPELINE_RUN": "old-run"}
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], env={**os.environ, **marks}, start_new_session=True
+    )
+    try:
+        proc = fashion(tmp_path, "run", "--file", str(counting(tmp_path)), "--name", "next")
+        assert proc.returncode == 0, proc.stderr
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert f"of run old-run, left by an engine that exited (pid {dead.pid})" in proc.stderr

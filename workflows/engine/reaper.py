@@ -6,7 +6,7 @@ a pipe which containers exist (`+name`, `-name`). The pipe's other end is held b
 alone; when the engine ends, even by SIGKILL, the kernel closes it, and this process removes what
 is left and exits.
 
-    python -m workflows.engine.reaper podman
+    python -c "import sys; from workflows.engine.reaper import main; main(sys.argv[1])" podman
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ class Reaper:
     def _pipe(self) -> IO[str]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "workflows.engine.reaper", self.engine],
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from workflows.engine.reaper import main; main(sys.argv[1])",
+                    self.engine,
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 text=True,
