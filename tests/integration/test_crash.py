@@ -348,6 +348,9 @@ def test_up_killed_while_events_and_drops_arrive_loses_none_and_runs_none_twice(
             return all(shown.get(name) in ("Succeeded", "Failed", "Error") for name in arrivals.accepted)
 
         wait_for(all_ended, f"the runs of {len(arrivals.accepted)} accepted arrivals to end", timeout=1200)
+        for record in runs_read(tmp_path):  # the webhook's GET /runs/NAME agrees with the records
+            shown = requests.get(f"http://127.0.0.1:{port}/runs/{record['name']}", timeout=10).json()
+            assert (shown["phase"], shown["message"]) == (record["phase"], record["message"]), record["name"]
     finally:
         up.send_signal(signal.SIGTERM)
         try:

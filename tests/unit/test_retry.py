@@ -130,3 +130,27 @@ def test_a_running_record_whose_engine_died_reads_as_error_and_is_written_so(tmp
     assert read_record(directory)["phase"] == "Running"
     write_record(directory, {**record, "nodes": nodes})  # no engine named (an older record): never guessed
     assert read_record(directory)["phase"] == "Running"
+
+
+def test_the_run_queue_finds_runs_a_crash_cut_short_and_retries_them(tmp_path: Path) -> None:
+    """What `up --retry-interrupted` does at start: runs whose engine died, retried through the queue."""
+    import time
+
+    from workflows.engine import RunQueue
+
+    runs = tmp_path / "runs"
+    manifest = chain(tmp_path)
+    Engine(manifest, runs, name="cut").execute()  # second fails: a Failed run is not "interrupted"
+    record = json.loads((runs / "cut" / RECORD_FILE).read_text())
+    write_record(runs / "cut", {**record, "phase": "Running", "engine": ended_process().as_record()})
+    queue = RunQueue(lambda: manifest, runs, {})
+    try:
+        assert queue.interrupted() == ["cut"]
+        queue.retry("cut")
+        deadline = time.monotonic() + 60
+        while queue.busy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (queue.status("cut") or {}).get("phase") == "Succeeded"
+        assert queue.interrupted() == []
+    finally:
+        queue.close()
