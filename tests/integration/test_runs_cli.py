@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import CLI
 
+from steps.lifeline import Owner
+
 # The step reports progress as Argo documents it: `k/N` as the file's last line (a status line above).
 COUNT = """
 import os, sys, time
@@ -208,14 +210,22 @@ def test_runs_delete_removes_a_run_but_not_one_still_running(finished: tuple[Pat
     runs = tmp_path / "runs"
     shutil.copytree(cwd / "runs" / "count-1", runs / "copy")
     shutil.copytree(cwd / "runs" / "count-1", runs / "stale")
+    shutil.copytree(cwd / "runs" / "count-1", runs / "cut")
     stale = json.loads((runs / "stale" / "workflow.json").read_text())
-    (runs / "stale" / "workflow.json").write_text(json.dumps({**stale, "name": "stale", "phase": "Running"}))
+    live = Owner.current().as_record()  # this process: an engine that is alive
+    (runs / "stale" / "workflow.json").write_text(
+        json.dumps({**stale, "name": "stale", "phase": "Running", "engine": live})
+    )
+    # The finished run's engine has ended: a copy still marked Running reads as Error, and may go.
+    (runs / "cut" / "workflow.json").write_text(json.dumps({**stale, "name": "cut", "phase": "Running"}))
     refused = fashion(tmp_path, "runs", "delete", "stale")
     assert refused.returncode == 1 and "run stale is Running: stop it first" in refused.stderr
-    deleted = fashion(tmp_path, "runs", "delete", "copy", "stale", "--force")
+    deleted = fashion(tmp_path, "runs", "delete", "copy", "cut")
     assert deleted.returncode == 0, deleted.stderr
-    assert deleted.stdout.splitlines() == ["deleted copy", "deleted stale"]
-    assert not (runs / "copy").exists() and not (runs / "stale").exists()
+    deleted = fashion(tmp_path, "runs", "delete", "stale", "--force")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.splitlines() == ["deleted stale"]
+    assert not (runs / "copy").exists() and not (runs / "stale").exists() and not (runs / "cut").exists()
     assert fashion(tmp_path, "runs", "list").stdout.strip() == "no runs in runs"
 
 

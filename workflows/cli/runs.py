@@ -256,14 +256,16 @@ def _recorded_runtime(runs_dir: Path, name: str) -> Any:
 @runs_app.command("delete")
 def runs_delete(
     names: Annotated[list[str], typer.Argument(help="Runs to delete.", autocompletion=_complete_name)],
-    force: Annotated[bool, typer.Option(help="Delete a run recorded as Running (its process is gone).")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Delete a run even while it is Running (a run whose engine died reads as Error).")
+    ] = False,
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
     """Delete runs: their records, logs and node outputs (models in the registry stay)."""
     records = {name: read_record(runs_dir, name) for name in names}
     for name, record in records.items():
         if record.get("phase") == "Running" and not force:
-            raise UserError(f"run {name} is Running: stop it first (or --force if its process is gone)")
+            raise UserError(f"run {name} is Running: stop it first (or --force to delete it anyway)")
     for name in records:
         shutil.rmtree(runs_dir / name)
         typer.echo(f"deleted {name}")
