@@ -302,3 +302,20 @@ def test_several_worker_processes_share_the_port_and_stop_together(trained_store
         process.stop()
     assert process.proc.returncode == 0
     assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
+
+
+def test_workers_die_with_their_supervisor_even_when_it_is_killed(trained_store: TrainedStore) -> None:
+    import psutil
+
+    root = Registry(open_store(trained_store.store_uri)).version_uri(trained_store.good)
+    process = ServerProcess(trained_store.store_uri, "--storage-uri", root, "--workers", "2")
+    children = psutil.Process(process.proc.pid).children()
+    try:
+        assert len(children) == 2
+    finally:
+        process.proc.kill()  # SIGKILL: no handler runs, the workers lead process groups of their own
+        process.proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+    assert not alive, [child.cmdline() for child in alive]
