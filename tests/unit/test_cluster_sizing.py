@@ -145,13 +145,37 @@ esac
 """
 
 
+# A cluster that takes every upstream install step, and whose KServe webhook refuses the first
+# FAKE_REFUSALS applies of kserve-cluster-resources.yaml; it stops the script where this repository's
+# own manifests begin.
+INSTALLING_KUBECTL = """#!/usr/bin/env bash
+echo "$*" >>"$FAKE_LOG"
+case "$*" in
+  "config current-context") echo kind-test ;;
+  "version -o json") printf '%s' "$FAKE_VERSION" ;;
+  "get nodes -o json") printf '%s' "$FAKE_NODES" ;;
+  *"get configmap inferenceservice-config -o json"*) echo '{"data":{}}' ;;
+  *kserve-cluster-resources.yaml*)
+    n=$(cat "$FAKE_LOG.refused" 2>/dev/null || echo 0)
+    if ((n < FAKE_REFUSALS)); then
+      echo $((n + 1)) >"$FAKE_LOG.refused"
+      echo 'failed calling webhook: connect: connection refused' >&2
+      exit 1
+    fi ;;
+  *argo/namespace.yaml*) exit 3 ;;
+  *"-f -"* | *"--patch-file /dev/stdin"*) cat >/dev/null ;;
+esac
+exit 0
+"""
+
+
 def _cluster_up(
-    tmp_path: Path, minor: str, nodes: list[dict[str, str]]
+    tmp_path: Path, minor: str, nodes: list[dict[str, str]], fake: str = FAKE_KUBECTL, **env_extra: str
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     kubectl = bin_dir / "kubectl"
-    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.write_text(fake)
     kubectl.chmod(0o755)
     log = tmp_path / "kubectl.log"
     env = {
@@ -161,6 +185,7 @@ def _cluster_up(
         "FAKE_NODES": json.dumps({"items": [{"status": {"allocatable": node}} for node in nodes]}),
         "FAKE_LOG": str(log),
         "FASHION_PIPELINE_STATE_DIR": str(tmp_path / "state"),
+        **env_extra,
     }
     result = subprocess.run(["bash", str(CLUSTER_UP)], capture_output=True, text=True, env=env, timeout=60)
     return result, log.read_text() if log.exists() else ""
@@ -209,3 +234,47 @@ def test_cluster_up_goes_on_to_install_on_a_cluster_of_the_minimum_size(tmp_path
 
     assert "cluster: Kubernetes 1.33, 6 CPUs, 12 GiB allocatable" in result.stderr
     assert calls.startswith("apply --server-side")  # the first install step (the fake kubectl stops it)
+
+
+def test_cluster_up_accepts_the_machine_it_advises_whose_allocatable_memory_is_a_little_less(tmp_path: Path) -> None:
+    _needs_jq()
+    result, calls = _cluster_up(tmp_path, "33", [{"cpu": "6", "memory": "12010360Ki"}])  # minikube --memory 12g
+
+    assert "cluster: Kubernetes 1.33, 6 CPUs, 11 GiB allocatable" in result.stderr
+    assert calls.startswith("apply --server-side")
+
+
+def test_knative_skips_tag_resolution_for_the_registry_of_the_step_image(tmp_path: Path) -> None:
+    _needs_jq()
+    result, calls = _cluster_up(tmp_path, "33", [{"cpu": "6", "memory": "12Gi"}], INSTALLING_KUBECTL, FAKE_REFUSALS="0")
+
+    assert result.returncode == 3, result.stderr  # stopped by the fake where argo/ begins
+    patch = next(line for line in calls.splitlines() if "configmap/config-deployment" in line)
+    skipped = json.loads(patch.split(" -p ", 1)[1])["data"]["registries-skipping-tag-resolving"].split(",")
+    assert {"kind.local", "ko.local", "dev.local", "index.docker.io"} <= set(skipped)
+    assert templates.IMAGE.startswith("docker.io/")  # the registry named above, normalised by Knative
+
+
+@pytest.mark.parametrize(("refusals", "applied"), [(2, True), (3, False)], ids=["refused twice", "refused always"])
+def test_kserve_cluster_resources_are_retried_while_kserves_webhook_refuses_them(
+    refusals: int, applied: bool, tmp_path: Path
+) -> None:
+    _needs_jq()
+    result, calls = _cluster_up(
+        tmp_path,
+        "33",
+        [{"cpu": "6", "memory": "12Gi"}],
+        INSTALLING_KUBECTL,
+        FAKE_REFUSALS=str(refusals),
+        RETRY_DELAY_S="0",
+    )
+
+    tries = [line for line in calls.splitlines() if "kserve-cluster-resources.yaml" in line]
+    assert len(tries) == min(refusals + 1, 3)
+    if applied:
+        assert result.returncode == 3 and result.stderr.count("retrying in 5 s") == 2
+    else:
+        assert result.returncode == 1
+        assert re.search(
+            r"^cluster-up: could not apply .*kserve-cluster-resources.yaml \(3 tries\)", result.stderr, re.M
+        )
