@@ -24,7 +24,7 @@ from steps.model import load_serving_function
 from steps.parameters import check as check_parameters
 from steps.parameters import parameter, policy_sources
 from steps.registry import Registry
-from steps.targets import READY_TIMEOUT_S, Target
+from steps.targets import FIRST_READY_TIMEOUT_S, READY_TIMEOUT_S, Target
 
 if TYPE_CHECKING:  # numpy and the dataset load on use: the CLI reads this module's settings at start
     import numpy as np
@@ -43,6 +43,7 @@ class RolloutPolicy:
         10, "Rollout: share of traffic the canary gets while it is probed", minimum=0, maximum=100
     )
     ready_timeout_s: float = READY_TIMEOUT_S
+    first_ready_timeout_s: float = FIRST_READY_TIMEOUT_S  # when nothing is deployed yet (cold images)
     holdout: int = 512  # the last images of the test split
     probe_batch: int = 32
     max_error_rate: float = 0.0
@@ -183,12 +184,13 @@ def _roll(
     storage_uri = registry.version_uri(version)
     log.info("deploying %s to %s as a canary at %d%%", version, target.name, policy.canary_percent)
     target.deploy_canary(version, storage_uri, policy.canary_percent)
+    timeout_s = policy.ready_timeout_s if live else max(policy.ready_timeout_s, policy.first_ready_timeout_s)
     try:
         started = time.monotonic()
-        target.wait_ready(version, policy.ready_timeout_s)
-        _check(record, "ready", True, round(time.monotonic() - started, 2), policy.ready_timeout_s)
+        target.wait_ready(version, timeout_s)
+        _check(record, "ready", True, round(time.monotonic() - started, 2), timeout_s)
     except UserError as exc:
-        _check(record, "ready", False, str(exc), policy.ready_timeout_s)
+        _check(record, "ready", False, str(exc), timeout_s)
         _rollback(target, version, record, f"the canary did not become ready: {exc}")
 
     probe = target.probe(version, images, labels, policy.probe_batch)

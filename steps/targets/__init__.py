@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 SERVING_RUNTIMES = ("tensorflow", "custom")
 DEFAULT_SERVING_RUNTIME = "tensorflow"
 READY_TIMEOUT_S = 300.0  # how long a canary, or a restored production, may take to be ready
+# A first deployment's revision pulls the serving image, KServe's storage initializer and Knative's
+# queue-proxy on a cold node: it gets Knative's own progress deadline (600 s by default).
+FIRST_READY_TIMEOUT_S = 600.0
 
 
 @dataclass

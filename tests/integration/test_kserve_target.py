@@ -467,6 +467,7 @@ def test_rollout_on_kserve_promotes_or_rolls_back_and_the_registry_follows(
         record = rollout(registry, models.b, models.dataset_uri, kserve, policy, "test", tmp_path)
         assert record["outcome"] == "promoted"
         assert record["probe"]["versions"] == {models.b: HOLDOUT // policy.probe_batch}
+        assert {c["name"]: c["threshold"] for c in record["checks"]}["ready"] == READY_TIMEOUT_S
         expected = models.b
     else:
         with pytest.raises(RolloutError, match=r"rolled back .* failed its probe: accuracy"):
@@ -544,3 +545,20 @@ def test_the_inference_service_of_either_runtime_passes_fashion_pipeline_lint(
 def test_an_unknown_serving_runtime_is_a_clear_error() -> None:
     with pytest.raises(KServeError, match=r"unknown serving runtime 'arm64': choose one of tensorflow, custom"):
         KServeTarget("fashion", serving_runtime="arm64")
+
+
+def test_a_first_rollout_waits_as_long_as_knatives_progress_deadline_for_cold_images(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str, tmp_path: Path
+) -> None:
+    from steps.rollout import RolloutPolicy, rollout
+    from steps.targets import FIRST_READY_TIMEOUT_S
+
+    sim.direct_urls(namespace)
+    kserve = KServeTarget(namespace, api_client=api_client, poll_s=0.05, promote_timeout_s=30)
+    assert kserve.live_version() is None  # nothing deployed yet
+    policy = RolloutPolicy(canary_percent=10, holdout=HOLDOUT)
+
+    record = rollout(models.registry, models.a, models.dataset_uri, kserve, policy, "first", tmp_path)
+
+    assert record["outcome"] == "promoted" and kserve.live_version() == models.a
+    assert {c["name"]: c["threshold"] for c in record["checks"]}["ready"] == FIRST_READY_TIMEOUT_S == 600
