@@ -7,6 +7,7 @@ Running whose engine has ended is read as Argo shows a workflow whose pods vanis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -124,7 +125,8 @@ def read_record(directory: Path) -> dict[str, Any]:
     record: dict[str, Any] = json.loads((directory / RECORD_FILE).read_text())
     if record.get("phase") in _UNFINISHED and engine_gone(record):
         record = settle(record)
-        write_record(directory, record)
+        with contextlib.suppress(OSError):  # a reader without write access still sees it settled
+            write_record(directory, record)
     return record
 
 
