@@ -171,6 +171,17 @@ def s3_server() -> Iterator[S3Server]:
         proc.wait(timeout=10)
 
 
+def seed_production(cwd: Path, env: dict[str, str], mirror: Path, reason: str) -> None:
+    """The store named in `env`: the real dataset fetched, and a small model trained and in production."""
+    for args in (
+        ["fetch", "--data-url", str(mirror), "--out", str(cwd / "seed-fetch")],
+        ["train", "--train-limit", "300", "--epochs", "1", "--out", str(cwd / "seed-train")],
+        ["models", "promote", "latest", "--reason", reason],
+    ):
+        proc = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+
+
 @pytest.fixture
 def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for key, value in s3_server.env().items():

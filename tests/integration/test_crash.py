@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from conftest import CLI, PROMOTED_PHASES, S3Server, free_port, write_drop
+from conftest import CLI, PROMOTED_PHASES, S3Server, free_port, seed_production, write_drop
 
 from steps.registry import Registry
 from steps.storage import Store, open_store
@@ -291,13 +291,7 @@ class Arrivals:
 def platform(tmp_path: Path, real_mirror: Path) -> Iterator[tuple[list[str], dict[str, str]]]:
     """`up`'s command line on a store with a model in production, and its environment."""
     env = environment(tmp_path, str(tmp_path / "store"))
-    for args in (
-        ["fetch", "--data-url", str(real_mirror), "--out", str(tmp_path / "seed-fetch")],
-        ["train", "--train-limit", "300", "--epochs", "1", "--out", str(tmp_path / "seed-train")],
-        ["models", "promote", "latest", "--reason", "seed for the crash tests"],
-    ):
-        proc = subprocess.run([CLI, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr
+    seed_production(tmp_path, env, real_mirror, "seed for the crash tests")
     server_port, webhook_port = free_port(), free_port()
     argv = [CLI, "up", "--port", str(server_port), "--webhook-port", str(webhook_port), "--drop-poll", "0.5"]
     env["CRASH_TEST_WEBHOOK_PORT"] = str(webhook_port)

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from conftest import CLI, free_port
+from conftest import CLI, free_port, seed_production
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,13 +34,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> Path:
     """A store with the real dataset and a small model in production."""
     root = tmp_path_factory.mktemp("seeded")
     env = {**os.environ, "FASHION_PIPELINE_STORE": str(root / "store")}
-    for args in (
-        ["fetch", "--data-url", str(real_mirror), "--out", str(root / "fetch")],
-        ["train", "--train-limit", "300", "--epochs", "1", "--out", str(root / "train")],
-        ["models", "promote", "latest", "--reason", "seed for the shutdown tests"],
-    ):
-        proc = subprocess.run([CLI, *args], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr
+    seed_production(root, env, real_mirror, "seed for the shutdown tests")
     return root / "store"
 
 

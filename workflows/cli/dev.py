@@ -14,10 +14,19 @@ from workflows.cli.app import ParameterOption, RunsDirOption, app, embedded_defa
 
 if TYPE_CHECKING:
     from workflows.engine import Engine, Run
+    from workflows.engine.runtime import Runtime
 
 PANEL = "Development"
 
 OUTPUT_FORMATS = ("text", "json")
+
+
+def node_runtime(name: str, image: str | None, manifest: dict[str, Any], values: dict[str, str]) -> Runtime:
+    """Where the nodes run (`--runtime`, `--image`), with the file store a container runtime mounts."""
+    from workflows.engine import resolve_parameters
+    from workflows.engine.runtime import make_runtime
+
+    return make_runtime(name, image=image, file_store=file_store(resolve_parameters(manifest, values)))
 
 
 def file_store(values: dict[str, str]) -> Path | None:
@@ -58,8 +67,7 @@ def run(
     it) and records the run as Failed with the reason.
     """
     from workflows import trigger
-    from workflows.engine import Engine, load_manifest, resolve_parameters, workflow_parameters
-    from workflows.engine.runtime import make_runtime
+    from workflows.engine import Engine, load_manifest, workflow_parameters
 
     if output not in OUTPUT_FORMATS:
         raise UserError(f"--output {output!r}: use one of {', '.join(OUTPUT_FORMATS)}")
@@ -78,9 +86,9 @@ def run(
     values = {**embedded_defaults(declared), **overrides}
     if trigger.ARGUMENT in declared:
         values[trigger.ARGUMENT] = trigger.summary("cli", "fashion-pipeline run", user=user(), operator=overrides)
-    node_runtime = make_runtime(runtime, image=image, file_store=file_store(resolve_parameters(manifest, values)))
+    nodes = node_runtime(runtime, image, manifest, values)
     execute_foreground(
-        lambda on_update: Engine(manifest, runs_dir, values, name=name, on_update=on_update, runtime=node_runtime),
+        lambda on_update: Engine(manifest, runs_dir, values, name=name, on_update=on_update, runtime=nodes),
         "fashion-pipeline run",
         output,
     )

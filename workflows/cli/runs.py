@@ -229,28 +229,23 @@ def runs_retry(
     from workflows.engine import Engine
 
     _check_output(output)
-    read_record(runs_dir, name)  # an unknown name: the closest ones
+    record = read_record(runs_dir, name)  # an unknown name: the closest ones
+    runtime = _recorded_runtime(runs_dir / name, record)
     execute_foreground(
-        lambda on_update: Engine.retry(runs_dir, name, on_update, _recorded_runtime(runs_dir, name)),
-        "fashion-pipeline runs retry",
-        output,
+        lambda on_update: Engine.retry(runs_dir, name, on_update, runtime), "fashion-pipeline runs retry", output
     )
 
 
-def _recorded_runtime(runs_dir: Path, name: str) -> Any:
+def _recorded_runtime(run_dir: Path, record: dict[str, Any]) -> Any:
     """The runtime the run's nodes ran in (`run --runtime`, `--image`); None for the process runtime."""
-    from workflows.cli.dev import file_store
-    from workflows.engine import resolve_parameters
-    from workflows.engine.runtime import make_runtime
+    from workflows.cli.dev import node_runtime
 
-    record = read_record(runs_dir, name)
     runtime = record.get("runtime") or {}
-    manifest_path = runs_dir / name / records.MANIFEST_FILE
+    manifest_path = run_dir / records.MANIFEST_FILE
     if runtime.get("name", "process") == "process" or not manifest_path.is_file():
         return None  # (without its manifest the run cannot be retried: Engine.retry says so)
-    manifest = json.loads(manifest_path.read_text())
-    values = resolve_parameters(manifest, {k: str(v) for k, v in record.get("parameters", {}).items()})
-    return make_runtime(runtime["name"], image=runtime.get("image"), file_store=file_store(values))
+    values = {k: str(v) for k, v in record.get("parameters", {}).items()}
+    return node_runtime(runtime["name"], runtime.get("image"), json.loads(manifest_path.read_text()), values)
 
 
 @runs_app.command("delete")
