@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build the step image docker.io/fashion-pipeline/steps:<version> (images/Dockerfile) with docker or
-# podman, under the exact, fully qualified name the templates reference (podman would otherwise tag
-# localhost/..., which no kind or minikube node resolves), then load it into the kind or minikube
-# cluster of the current kubectl context, where imagePullPolicy IfNotPresent finds it.
+# Build the step images (images/Dockerfile) with docker or podman: docker.io/fashion-pipeline/steps:<version>
+# and its slim flavour ...:<version>-slim (no TensorFlow, for the steps that never import it), under the
+# exact, fully qualified names the templates reference (podman would otherwise tag localhost/..., which
+# no kind or minikube node resolves), then load both into the kind or minikube cluster of the current
+# kubectl context, where imagePullPolicy IfNotPresent finds them.
 #
 # Usage: scripts/build-image.sh [--no-load] [--no-cache] [--print-image]
 # Env: CONTAINER_ENGINE=docker|podman (default: whichever answers, docker first);
@@ -21,6 +22,7 @@ die() {
 version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/steps/__init__.py")"
 [[ -n "$version" ]] || die "no __version__ in steps/__init__.py"
 image="docker.io/fashion-pipeline/steps:$version"
+images=("$image" "$image-slim") # FLAVOR=full, FLAVOR=slim
 
 load=1
 build_args=()
@@ -29,7 +31,7 @@ for arg in "$@"; do
     --no-load) load=0 ;;
     --no-cache) build_args+=(--no-cache) ;;
     --print-image)
-      printf '%s\n' "$image"
+      printf '%s\n' "${images[@]}"
       exit 0
       ;;
     *) die "unknown argument '$arg' (usage: scripts/build-image.sh [--no-load] [--no-cache] [--print-image])" ;;
@@ -67,33 +69,41 @@ for var in "${pip_vars[@]}"; do
   if [[ -n "${!var:-}" ]]; then build_args+=(--build-arg "$var=${!var}"); fi
 done
 
-"$engine" build \
-  --network host \
-  "${build_args[@]}" \
-  --file "$REPO/images/Dockerfile" \
-  --build-arg "VERSION=$version" \
-  --build-arg "CODE_VERSION=$code_version" \
-  --build-arg "REVISION=$revision" \
-  --build-arg "SOURCE=${source_url:-unknown}" \
-  --tag "$image" \
-  "$REPO"
-printf 'built %s (%s)\n' "$image" "$code_version"
+for flavor in full slim; do
+  tag="$image"
+  [[ "$flavor" == full ]] || tag="$image-$flavor"
+  "$engine" build \
+    --network host \
+    "${build_args[@]}" \
+    --file "$REPO/images/Dockerfile" \
+    --build-arg "FLAVOR=$flavor" \
+    --build-arg "VERSION=$version" \
+    --build-arg "CODE_VERSION=$code_version" \
+    --build-arg "REVISION=$revision" \
+    --build-arg "SOURCE=${source_url:-unknown}" \
+    --tag "$tag" \
+    "$REPO"
+  printf 'built %s (%s)\n' "$tag" "$code_version"
+done
 
 ((load)) || exit 0
 context="$(kubectl config current-context 2>/dev/null)" || die "no current kubectl context to load $image into (or pass --no-load)"
 archive="$(mktemp -d)"
 trap 'rm -rf "$archive"' EXIT
-# Through an archive, which kind and minikube both take from either engine.
-"$engine" save --output "$archive/image.tar" "$image"
-case "$context" in
-  kind-*)
-    require_kind="$(command -v kind)" || die "kind is not installed"
-    "$require_kind" load image-archive "$archive/image.tar" --name "${context#kind-}"
-    ;;
-  minikube | minikube-*)
-    command -v minikube >/dev/null 2>&1 || die "minikube is not installed"
-    minikube --profile "$context" image load "$archive/image.tar"
-    ;;
-  *) die "context '$context' is neither kind-* nor minikube: push $image to a registry the cluster pulls from" ;;
-esac
-printf 'loaded %s into %s\n' "$image" "$context"
+for tag in "${images[@]}"; do
+  # Through an archive, which kind and minikube both take from either engine.
+  "$engine" save --output "$archive/image.tar" "$tag"
+  case "$context" in
+    kind-*)
+      require_kind="$(command -v kind)" || die "kind is not installed"
+      "$require_kind" load image-archive "$archive/image.tar" --name "${context#kind-}"
+      ;;
+    minikube | minikube-*)
+      command -v minikube >/dev/null 2>&1 || die "minikube is not installed"
+      minikube --profile "$context" image load "$archive/image.tar"
+      ;;
+    *) die "context '$context' is neither kind-* nor minikube: push ${images[*]} to a registry the cluster pulls from" ;;
+  esac
+  rm -f "$archive/image.tar"
+  printf 'loaded %s into %s\n' "$tag" "$context"
+done

@@ -103,6 +103,9 @@ PREDICTOR_IMPLEMENTATIONS = (
 )
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 PATH = re.compile(rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/{PLURAL}(?:/([^/]+))?$")
+# Argo Workflows' CRD on the same API server (what the drop reconciler creates).
+ARGO_API_VERSION = "argoproj.io/v1alpha1"
+WORKFLOW_PATH = re.compile(rf"^/apis/{re.escape(ARGO_API_VERSION)}/namespaces/([^/]+)/workflows(?:/([^/]+))?$")
 ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -350,6 +353,9 @@ class KServeSim:
         self._services: dict[tuple[str, str], _Service] = {}
         self._backends: dict[str, Backend] = {}
         self._faults: dict[tuple[str, str | int], str] = {}
+        self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._workflow_templates: dict[tuple[str, str], dict[str, Any]] = {}
+        self._failing_workflow_creates = 0
         self._direct: set[str] = set()
         self._lock = threading.RLock()
         self._uids = itertools.count(1)
@@ -515,6 +521,11 @@ class KServeSim:
         discovery = self._discovery(path)
         if discovery is not None and method == "GET":
             return 200, discovery
+        workflow = WORKFLOW_PATH.match(path)
+        if workflow is not None:
+            with self._lock:
+                namespace, name = workflow.groups()
+                return self._workflow_route(method, namespace, name, body)
         match = PATH.match(path)
         if match is None:
             raise Rejected(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
@@ -700,6 +711,70 @@ class KServeSim:
                 'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: '
                 + "; ".join(webhook),
             )
+
+    # -- Argo Workflows: the CRD's API, and what the controller does first ------------------------
+
+    def add_workflow_template(self, template: dict[str, Any]) -> None:
+        """A WorkflowTemplate in the cluster (as `kubectl apply` of argo/workflow-template.yaml leaves it)."""
+        meta = template["metadata"]
+        self._workflow_templates[(meta["namespace"], meta["name"])] = copy.deepcopy(template)
+
+    def fail_workflow_creates(self, count: int) -> None:
+        """The next `count` Workflow creates get 503 (the API server restarting)."""
+        self._failing_workflow_creates = count
+
+    def _workflow_route(self, method: str, namespace: str, name: str | None, body: Any) -> tuple[int, Any]:
+        if name is None and method == "POST":
+            return 201, self._create_workflow(namespace, body)
+        if name is None and method == "GET":
+            items = [copy.deepcopy(w) for (ns, _), w in sorted(self.workflows.items()) if ns == namespace]
+            return 200, {"apiVersion": ARGO_API_VERSION, "kind": "WorkflowList", "metadata": {}, "items": items}
+        if name is not None and method == "GET":
+            if (namespace, name) not in self.workflows:
+                raise Rejected(404, "NotFound", f'workflows.argoproj.io "{name}" not found')
+            return 200, copy.deepcopy(self.workflows[(namespace, name)])
+        raise Rejected(405, "MethodNotAllowed", f"{method} on Workflows is not supported by the simulator")
+
+    def _create_workflow(self, namespace: str, body: Any) -> dict[str, Any]:
+        if self._failing_workflow_creates > 0:
+            self._failing_workflow_creates -= 1
+            raise Rejected(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+        if not isinstance(body, dict) or body.get("apiVersion") != ARGO_API_VERSION or body.get("kind") != "Workflow":
+            raise Rejected(400, "BadRequest", f"expected apiVersion {ARGO_API_VERSION} kind Workflow")
+        obj = {k: copy.deepcopy(v) for k, v in body.items() if k != "status"}
+        metadata = obj.setdefault("metadata", {})
+        name = metadata.get("name")
+        if metadata.get("namespace") not in (None, namespace):
+            raise Rejected(400, "BadRequest", "the namespace of the object does not match the request's")
+        if not isinstance(name, str) or not DNS_1035.match(name):
+            raise Rejected(422, "Invalid", f"Workflow.argoproj.io {name!r} is invalid: metadata.name")
+        if (namespace, name) in self.workflows:
+            raise Rejected(409, "AlreadyExists", f'workflows.argoproj.io "{name}" already exists')
+        problems = self.validator.validate(obj)
+        if problems:
+            causes = [(p.path.removeprefix("$."), p.message) for p in problems]
+            raise Rejected(
+                422,
+                "Invalid",
+                f'Workflow.argoproj.io "{name}" is invalid: ' + "; ".join(f"{f}: {m}" for f, m in causes),
+                [{"field": f, "message": m} for f, m in causes],
+            )
+        metadata.update(namespace=namespace, uid=str(uuid.UUID(int=next(self._uids))), creationTimestamp=_now())
+        obj["status"] = self._workflow_status(namespace, obj)
+        self.workflows[(namespace, name)] = obj
+        return copy.deepcopy(obj)
+
+    def _workflow_status(self, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """The controller's first look: its WorkflowTemplate must exist and declare every argument passed."""
+        ref = obj["spec"].get("workflowTemplateRef", {}).get("name")
+        template = self._workflow_templates.get((namespace, ref))
+        if template is None:
+            return {"phase": "Error", "message": f'workflowtemplates.argoproj.io "{ref}" not found'}
+        declared = {p["name"] for p in template["spec"].get("arguments", {}).get("parameters", [])}
+        passed = {p["name"] for p in obj["spec"].get("arguments", {}).get("parameters", [])}
+        if passed - declared:
+            return {"phase": "Error", "message": f"arguments not in {ref}: {sorted(passed - declared)}"}
+        return {"phase": "Pending"}
 
     # -- the controller: KServe -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -186,7 +187,7 @@ def object_key(store: Store, key: str) -> str:
 
 @dataclass
 class Outcome:
-    """What one notification of a drop.json led to: queued, duplicate, refused or waiting (no drop.json yet)."""
+    """What one notification of a drop.json led to: queued or submitted, duplicate, refused, failed, or waiting."""
 
     drop_id: str
     status: str
@@ -227,42 +228,32 @@ class DropLog:
         return [self.store.read_json(key) for key in keys if key.rpartition("/")[2].startswith("refused-")]
 
 
-class DropWatcher:
-    """Polls the store's `incoming/` and queues one run per complete, valid drop.
+class DropScanner(ABC):
+    """Finds drops in the store's `incoming/` and starts one run per complete, valid drop.
 
-    `notify(key)` is one bucket notification for a drop.json (a poll that sees a new or rewritten
+    What starts the run is the subclass's `_launch`: the run queue in `up` (DropWatcher), a Workflow
+    on a cluster (workflows/drop_reconcile.py). Everything else (the checks, the refusals, the
+    write-once log) is this one code, so a drop means the same wherever it is noticed.
+    `notify(key)` is one bucket notification for a drop.json (a scan that sees a new or rewritten
     drop.json notifies it); it is safe to call any number of times for the same object.
     """
 
-    def __init__(self, store: Store, runs: RunQueue, poll_s: float = DEFAULT_POLL_S) -> None:
+    announce_duplicates = True
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.runs = runs
-        self.poll_s = poll_s
         self.log = DropLog(store)
         # Only the store's own drops: the allowlist logic of events, with the one prefix a drop may name.
         self.prefixes = (store.uri_of(f"{INCOMING}/"),)
         self._versions: dict[str, str | None] = {}
         self._waiting: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drops", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    @abstractmethod
+    def _launch(self, record: dict[str, Any]) -> str:
+        """Start the run `record` describes: "queued" or "submitted", or "duplicate" if it was started before.
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan()
-            except UserError as exc:  # the store may be unreachable for a while: keep watching
-                log.warning("cannot watch %s: %s", self.store.uri_of(INCOMING), exc)
-            except Exception:  # one bad drop must not stop the watching
-                log.exception("watching %s failed; trying again", self.store.uri_of(INCOMING))
-            self._stop.wait(self.poll_s)
+        A UserError means it could not be started now; the next scan tries again.
+        """
 
     def scan(self) -> list[Outcome]:
         """One look at `incoming/`: a new or rewritten drop.json is notified; a folder without one is reported once."""
@@ -293,7 +284,12 @@ class DropWatcher:
             if version is None or self._versions.get(key) == version:
                 continue
             self._versions[key] = version
-            outcomes.append(self.notify(key, version))
+            try:
+                outcomes.append(self.notify(key, version))
+            except UserError as exc:  # this drop could not be started now: the others still are, and it is tried again
+                del self._versions[key]
+                log.warning("drop %s: %s", drop_id, exc)
+                outcomes.append(Outcome(drop_id, "failed", run_name(drop_id), [str(exc)]))
         return outcomes
 
     def notify(self, key: str, version: str | None = None) -> Outcome:
@@ -304,7 +300,8 @@ class DropWatcher:
         folder = parts[1]
         name = run_name(folder)
         if self.log.accepted(folder):
-            log.info("drop %s: %s written again; %s was already started: not retraining", folder, key, name)
+            if self.announce_duplicates:
+                log.info("drop %s: %s written again; %s was already started: not retraining", folder, key, name)
             return Outcome(folder, "duplicate", name)
         try:
             data = self.store.read_bytes(key)
@@ -334,14 +331,7 @@ class DropWatcher:
             "parameters": parameters,
             "received": utc_now(),
         }
-        if not self.log.accept(folder, record):
-            return Outcome(folder, "duplicate", name)
-        self._submit(record)
-        return Outcome(folder, "queued", name)
-
-    def _submit(self, record: dict[str, Any]) -> None:
-        details = {"object": record["object"]}
-        self.runs.submit(record["run"], record["parameters"], "drop", record["manifest"], details)
+        return Outcome(folder, self._launch(record), name)
 
     def _check(self, folder: str, key: str, data: bytes) -> tuple[Any, list[str]]:
         try:
@@ -366,6 +356,46 @@ class DropWatcher:
             except UserError as exc:
                 problems.append(str(exc))
         return manifest, problems
+
+
+class DropWatcher(DropScanner):
+    """`up`'s watcher: polls `incoming/` and queues each drop's run on the local run queue."""
+
+    def __init__(self, store: Store, runs: RunQueue, poll_s: float = DEFAULT_POLL_S) -> None:
+        super().__init__(store)
+        self.runs = runs
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="drops", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan()
+            except UserError as exc:  # the store may be unreachable for a while: keep watching
+                log.warning("cannot watch %s: %s", self.store.uri_of(INCOMING), exc)
+            except Exception:  # one bad drop must not stop the watching
+                log.exception("watching %s failed; trying again", self.store.uri_of(INCOMING))
+            self._stop.wait(self.poll_s)
+
+    def _launch(self, record: dict[str, Any]) -> str:
+        # The log first: the queue is in memory, and requeue_unstarted restarts what a crash left queued.
+        if not self.log.accept(record["drop_id"], record):
+            return "duplicate"
+        self._submit(record)
+        return "queued"
+
+    def _submit(self, record: dict[str, Any]) -> None:
+        details = {"object": record["object"]}
+        self.runs.submit(record["run"], record["parameters"], "drop", record["manifest"], details)
 
     def requeue_unstarted(self) -> int:
         """Drops accepted before a restart whose run never started are queued again."""

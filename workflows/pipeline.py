@@ -57,13 +57,7 @@ def build() -> WorkflowTemplate:
         active_deadline_seconds=3 * 3600,
         pod_gc=m.PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
         ttl_strategy=m.TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
-        security_context=m.PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=10001,
-            run_as_group=10001,
-            fs_group=10001,
-            seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
-        ),
+        security_context=templates.POD_SECURITY,
     ) as workflow:
         fetch_dataset = templates.fetch_dataset()
         train = templates.train()

@@ -434,7 +434,7 @@ class KServeTarget:
         if self._api is None:
             from kubernetes import client
 
-            self._api = client.CustomObjectsApi(self._api_client or _default_api_client())
+            self._api = client.CustomObjectsApi(self._api_client or api_client())
         return self._api
 
     def _call(self, doing: str, method: str, missing_ok: bool = False, **kwargs: Any) -> Any:
@@ -486,7 +486,7 @@ class KServeTarget:
         self._call("delete", "delete_namespaced_custom_object", name=self.isvc_name)
 
 
-def _default_api_client() -> Any:
+def api_client() -> Any:
     """The kubeconfig (KUBECONFIG or ~/.kube/config), else the pod's service account."""
     from kubernetes import client, config
 

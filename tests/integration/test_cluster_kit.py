@@ -253,7 +253,7 @@ def test_build_script_tags_the_image_the_templates_run() -> None:
         check=True,
     )
 
-    assert result.stdout.strip() == templates.IMAGE
+    assert result.stdout.split() == [templates.IMAGE, templates.SLIM_IMAGE]
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:

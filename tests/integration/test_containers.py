@@ -45,6 +45,7 @@ def _require(image: str) -> None:
 @pytest.fixture(scope="module")
 def step_image() -> str:
     _require(templates.IMAGE)
+    _require(templates.SLIM_IMAGE)
     return templates.IMAGE
 
 
@@ -186,6 +187,11 @@ def test_the_quick_pipeline_runs_twice_in_the_image_promotes_then_rejects(
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert record["phase"] == "Succeeded"
     assert {n: nodes[n]["phase"] for n in nodes} == PROMOTED_PHASES
+    # Each node in its template's image: the steps that import no TensorFlow in the slim one.
+    assert {n: nodes[n]["image"] for n in nodes} == {
+        **{n: templates.SLIM_IMAGE for n in ("fetch-dataset", "gate", "onExit")},
+        **{n: templates.IMAGE for n in ("train", "evaluate", "rollout")},
+    }
     out = {n: nodes[n]["outputs"]["parameters"] for n in nodes}
     assert out["fetch-dataset"]["dataset_uri"].startswith(f"s3://{bucket}/store/datasets/fashion-mnist/")
     version = out["train"]["model_version"]

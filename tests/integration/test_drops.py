@@ -25,7 +25,7 @@ from lua_harness import LUA, lua_value, run_lua
 from steps.dataset import check_drop
 from steps.registry import Registry
 from steps.storage import Store, open_store
-from workflows import drop_events, pipeline, trigger
+from workflows import drop_events, drop_reconcile, pipeline, templates, trigger
 from workflows.arguments import ARGUMENTS, DEFAULT_S3_ENDPOINT, DEFAULT_STORE
 from workflows.drops import (
     DropLog,
@@ -519,3 +519,98 @@ def test_cluster_up_says_how_to_deliver_a_drop_to_minio() -> None:
     script = (REPO / "scripts" / "cluster-up.sh").read_text()
 
     assert "svc/minio 9000:9000" in script and "fashion-drops" in script
+
+
+# -- the cluster's reconciler: drops no notification reached ----------------------------------------
+
+
+def reconcile(store_uri: str, env: dict[str, str], kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    """`fashion-pipeline reconcile-drops` as the CronWorkflow's step runs it."""
+    return subprocess.run(
+        [CLI, "--store", store_uri, "reconcile-drops", "--namespace", pipeline.NAMESPACE],
+        env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_reconciler_submits_each_drop_no_sensor_started_once_with_the_sensors_arguments(
+    tmp_path: Path, bucket: str, s3_env: S3Server
+) -> None:
+    from kserve_sim import KServeSim
+    from kubernetes import client, config
+
+    store_uri = f"s3://{bucket}"
+    store = open_store(store_uri)
+    for drop_id in ("missed", "seen"):
+        delivered = deliver(
+            write_drop(tmp_path / drop_id, n_train=50, n_test=20), store_uri, s3_env.env(), "--id", drop_id
+        )
+        assert delivered.returncode == 0, delivered.stderr
+    store.write_bytes("incoming/bad/drop.json", b'{"drop_id": "bad", "created": "yesterday"}')
+    store.write_bytes("incoming/partial/train-images-idx3-ubyte.gz", b"not yet")
+
+    with KServeSim(tmp_path / "cluster") as sim:
+        sim.add_workflow_template(pipeline.manifest())
+        kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig", pipeline.NAMESPACE)
+        # The Sensor saw "seen": the Workflow it created, through the API as Argo Events does.
+        seen_metadata = store.user_metadata("incoming/seen/drop.json")["fashion-drop"]
+        sensor_workflow = drop_events.drop_sensor_workflow(
+            minio_record(bucket, "incoming/seen/drop.json", seen_metadata), drop_events.sensor(store_uri)
+        )
+        api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
+        api.create_namespaced_custom_object("argoproj.io", "v1alpha1", pipeline.NAMESPACE, "workflows", sensor_workflow)
+
+        # The API server is restarting: the missed drop is not logged, the pass fails, the others are still handled.
+        sim.fail_workflow_creates(1)
+        first = reconcile(store_uri, s3_env.env(), kubeconfig)
+        assert first.returncode == 1, first.stderr
+        assert "failed     missed" in first.stdout and "503" in first.stdout and "refused    bad" in first.stdout
+        assert "Traceback" not in first.stderr
+        assert sorted(name for _, name in sim.workflows) == ["drop-seen"]
+        assert DropLog(store).accepted("seen") and not DropLog(store).accepted("missed")
+
+        second = reconcile(store_uri, s3_env.env(), kubeconfig)
+        assert second.returncode == 0, second.stderr
+        assert "submitted  missed  drop-missed" in second.stdout and "seen" not in second.stdout
+        submitted = sim.workflows[(pipeline.NAMESPACE, "drop-missed")]
+        assert submitted["status"] == {"phase": "Pending"}  # its template exists and declares every argument
+
+        # Gone after its ttlStrategy, still not run again; nothing new is created by later passes.
+        del sim.workflows[(pipeline.NAMESPACE, "drop-missed")]
+        creates = sum(1 for r in sim.requests if r["method"] == "POST")
+        third = reconcile(store_uri, s3_env.env(), kubeconfig)
+        assert third.returncode == 0 and "submitted" not in third.stdout
+        assert sum(1 for r in sim.requests if r["method"] == "POST") == creates
+
+    # What the reconciler created is what the Sensor would have created for that drop, but for who started it.
+    missed_metadata = store.user_metadata("incoming/missed/drop.json")["fashion-drop"]
+    as_sensor = drop_events.drop_sensor_workflow(
+        minio_record(bucket, "incoming/missed/drop.json", missed_metadata), drop_events.sensor(store_uri)
+    )
+    mine = {p["name"]: p["value"] for p in submitted["spec"]["arguments"]["parameters"]}
+    theirs = {p["name"]: p["value"] for p in as_sensor["spec"]["arguments"]["parameters"]}
+    assert {k: v for k, v in mine.items() if k != "trigger"} == {k: v for k, v in theirs.items() if k != "trigger"}
+    assert {**json.loads(mine["trigger"]), "via": "sensor/fashion-drops"} == json.loads(theirs["trigger"])
+    assert json.loads(mine["trigger"])["via"] == "cronworkflow/fashion-drops-reconcile"
+    assert submitted["metadata"]["labels"] == as_sensor["metadata"]["labels"]
+    assert {r["run"] for r in DropLog(store).runs()} == {"drop-missed", "drop-seen"}
+    assert DropLog(store).refusals("bad")
+
+
+def test_the_reconciler_runs_under_its_own_account_that_may_only_create_workflows() -> None:
+    documents = [doc for doc in yaml.safe_load_all((REPO / "argo" / "rbac.yaml").read_text()) if doc]
+    cron = drop_reconcile.manifest()
+    account = cron["spec"]["workflowSpec"]["serviceAccountName"]
+    [binding] = [d for d in documents if d["kind"] == "RoleBinding" and d["subjects"][0]["name"] == account]
+    [role] = [d for d in documents if d["kind"] == "Role" and d["metadata"]["name"] == binding["roleRef"]["name"]]
+
+    assert {(r["apiGroups"][0], res): set(r["verbs"]) for r in role["rules"] for res in r["resources"]} == {
+        ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+        ("argoproj.io", "workflows"): {"create"},
+    }
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedules"] == ["*/10 * * * *"]
+    [template] = cron["spec"]["workflowSpec"]["templates"]
+    assert template["container"]["image"] == templates.IMAGE  # the Kubernetes client is not in the slim one
+    assert (REPO / "argo" / "drop-reconcile.yaml").read_text() == rendered()["drop-reconcile.yaml"]

@@ -147,13 +147,16 @@ esac
 
 # A cluster that takes every upstream install step, and whose KServe webhook refuses the first
 # FAKE_REFUSALS applies of kserve-cluster-resources.yaml; it stops the script where this repository's
-# own manifests begin.
+# own manifests begin, unless FAKE_WHOLE is set. Its nodes hold the images listed in the file FAKE_IMAGES.
 INSTALLING_KUBECTL = """#!/usr/bin/env bash
 echo "$*" >>"$FAKE_LOG"
 case "$*" in
   "config current-context") echo kind-test ;;
   "version -o json") printf '%s' "$FAKE_VERSION" ;;
   "get nodes -o json") printf '%s' "$FAKE_NODES" ;;
+  "get nodes -o jsonpath="*) cat "${FAKE_IMAGES:-/dev/null}" 2>/dev/null ;;
+  *"get endpointslices"*) echo 10.244.0.9 ;;
+  *"get pods -l eventsource-name=fashion-drops"*) echo true ;;
   *"get configmap inferenceservice-config -o json"*) echo '{"data":{}}' ;;
   *kserve-cluster-resources.yaml*)
     n=$(cat "$FAKE_LOG.refused" 2>/dev/null || echo 0)
@@ -162,7 +165,7 @@ case "$*" in
       echo 'failed calling webhook: connect: connection refused' >&2
       exit 1
     fi ;;
-  *argo/namespace.yaml*) exit 3 ;;
+  *argo/namespace.yaml*) [[ -n "${FAKE_WHOLE:-}" ]] || exit 3 ;;
   *"-f -"* | *"--patch-file /dev/stdin"*) cat >/dev/null ;;
 esac
 exit 0
@@ -278,3 +281,46 @@ def test_kserve_cluster_resources_are_retried_while_kserves_webhook_refuses_them
         assert re.search(
             r"^cluster-up: could not apply .*kserve-cluster-resources.yaml \(3 tries\)", result.stderr, re.M
         )
+
+
+# scripts/build-image.sh as the cluster sees it: the names it prints, and after a build the nodes hold them.
+FAKE_BUILD = """#!/usr/bin/env bash
+if [[ "${1:-}" == --print-image ]]; then printf '%s\\n' $FAKE_STEP_IMAGES; exit 0; fi
+echo "BUILD-IMAGE $*" >>"$FAKE_LOG"
+printf '%s ' $FAKE_STEP_IMAGES >"$FAKE_IMAGES"
+"""
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["images to load", "images held"])
+def test_cron_workflows_are_applied_only_once_the_nodes_hold_the_step_images(held: bool, tmp_path: Path) -> None:
+    _needs_jq()
+    build = tmp_path / "build-image.sh"
+    build.write_text(FAKE_BUILD)
+    build.chmod(0o755)
+    images = tmp_path / "node-images"
+    if held:
+        images.write_text(f"registry.k8s.io/pause:3.10 {templates.IMAGE} {templates.SLIM_IMAGE}")
+    result, calls = _cluster_up(
+        tmp_path,
+        "33",
+        [{"cpu": "6", "memory": "12Gi"}],
+        INSTALLING_KUBECTL,
+        FAKE_REFUSALS="0",
+        FAKE_WHOLE="1",
+        FAKE_IMAGES=str(images),
+        FAKE_STEP_IMAGES=f"{templates.IMAGE} {templates.SLIM_IMAGE}",
+        BUILD_IMAGE=str(build),
+        POLL_S="0",
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = calls.splitlines()
+    crons = [i for i, line in enumerate(lines) if line.endswith(("cron-workflow.yaml", "drop-reconcile.yaml"))]
+    others = [i for i, line in enumerate(lines) if line.startswith("apply -f") and "argo/" in line and i not in crons]
+    assert len(crons) == 2 and max(others) < min(crons)
+    builds = [i for i, line in enumerate(lines) if line.startswith("BUILD-IMAGE")]
+    if held:
+        assert builds == [] and "the nodes hold the step images" in result.stderr
+    else:
+        assert len(builds) == 1 and builds[0] < min(crons)
+        assert f"the nodes lack: {templates.IMAGE} {templates.SLIM_IMAGE}" in result.stderr

@@ -209,3 +209,35 @@ def drop(
     for key in upload_drop(store, directory, manifest):
         log.info("uploaded %s", store.uri_of(key))
     typer.echo(run_name(manifest["drop_id"]))
+
+
+@app.command("reconcile-drops", rich_help_panel=PANEL)
+def reconcile_drops(
+    namespace: Annotated[
+        str | None, typer.Option(help="Where to create the Workflows (default: this pod's namespace, else fashion).")
+    ] = None,
+) -> None:
+    """Submit drop-<id> on the cluster for each valid drop in the store's incoming/ that has no run yet.
+
+    What the CronWorkflow fashion-drops-reconcile runs: drops MinIO's notifications never delivered start
+    late, and none twice. Uses KUBECONFIG, else the pod's service account.
+    """
+    from steps.targets.kserve import api_client
+    from workflows.drop_reconcile import DropReconciler, current_namespace
+
+    reconciler = DropReconciler(open_store(), api_client(), namespace or current_namespace())
+    outcomes = reconciler.scan()
+    started = [o for o in outcomes if o.status == "submitted"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    for outcome in outcomes:
+        if outcome.status in ("submitted", "failed", "refused"):
+            typer.echo(f"{outcome.status:<10} {outcome.drop_id}  {outcome.run or ''} {'; '.join(outcome.problems)}")
+    log.info(
+        "%d drop(s) looked at in %s: %d submitted, %d failed",
+        len(outcomes),
+        reconciler.store.uri_of("incoming/"),
+        len(started),
+        len(failed),
+    )
+    if failed:
+        raise typer.Exit(1)

@@ -143,6 +143,8 @@ class NodeRunner:
         except UserError as exc:
             return "Error", str(exc)
         node.log = str(pod.log_path)
+        if self.runtime.name != "process":  # what `kubectl get pod -o jsonpath={..image}` would say
+            node.image = getattr(self.runtime, "image_override", None) or pod.image
         with watch_node(
             pod.progress_path, lambda p: self._progressed(node, p), self._stop_requested, self.runtime.kill
         ):

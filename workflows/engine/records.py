@@ -50,6 +50,7 @@ class Node:
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
     progress: str = ""  # `N/M` as the step last reported it (ARGO_PROGRESS_FILE)
+    image: str = ""  # the image a container runtime ran it in
 
     @property
     def duration(self) -> float | None:
@@ -71,6 +72,7 @@ class Node:
             "outputs": {"parameters": self.outputs, "artifacts": self.artifacts},
             "log": self.log,
             **({"earlier_attempts": self.earlier_attempts} if self.earlier_attempts else {}),
+            **({"image": self.image} if self.image else {}),
         }
 
 

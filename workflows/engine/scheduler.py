@@ -172,6 +172,7 @@ class Engine:
                     artifacts=dict(outputs.get("artifacts", {})),
                     log=item.get("log", ""),
                     progress=item.get("progress", ""),
+                    image=item.get("image", ""),
                 )
 
     def _new_node(self, name: str, template: str) -> Node:
