@@ -141,7 +141,14 @@ def fetch_dataset() -> Container:
         memory="1Gi",
         deadline=900,
         **_command("fetch"),
-        outputs=[_out("dataset_uri"), _out("dataset_digest"), _out("cache_hit")],
+        outputs=[
+            _out("dataset_uri"),
+            _out("dataset_digest"),
+            _out("cache_hit"),
+            _out("canonical"),
+            _out("source"),
+            _report("lineage", "lineage.json"),
+        ],
         retry_strategy=_NETWORK_RETRY,
     )
 
@@ -179,9 +186,11 @@ def evaluate() -> Container:
             _out("metrics_uri"),
             _out("accuracy", global_name="accuracy"),
             _out("champion_version"),
+            _out("champion_accuracy"),
             _out("p_value"),
             _report("metrics", "metrics.json"),
             _report("confusion-matrix", "confusion-matrix.png"),
+            _report("confusion-matrix-counts", "confusion-matrix.json"),
         ],
         metrics=[
             Gauge(

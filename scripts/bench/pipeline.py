@@ -6,9 +6,12 @@ with the sum of the node durations the engine recorded: the rest is orchestratio
 substitution, scheduling, records). Then times `fetch` (a cache hit) and `gate` as processes.
 Targets: orchestration <= 10% of the total; fetch and gate start in < 1 s.
 
-With --containers, the step image instead: its size, and what running each node in it costs against
-the process runtime (the same quick pipeline run both ways, node by node, in the same run). With
---build, also the image's cold build (no cache) and a cached rebuild after a code change.
+With --containers, the step images instead: their sizes (target: the slim one <= 15% of the full one),
+and what running each node in its image costs against the process runtime: the same quick pipeline
+run as processes, in podman with each node in its template's image (fetch, gate and report slim), and
+in podman with every node in the full image (`--image`), node by node and wall time, in the same run
+(target: the slim images' run no slower than the full image's). With --build, also the images' cold
+build (no cache) and a cached rebuild after a code change.
 
     FASHION_MNIST_MIRROR=../shared/data/fashion-mnist .venv/bin/python scripts/bench/pipeline.py [-p NAME=VALUE]...
     .venv/bin/python scripts/bench/pipeline.py --containers [--build]
@@ -58,34 +61,48 @@ def containers(args: argparse.Namespace) -> None:
 
     if args.build:
         image_build(args.base)
-    size = subprocess.run(
-        ["podman", "image", "inspect", "--format", "{{.Size}}", templates.IMAGE], capture_output=True, text=True
-    )
-    if size.returncode != 0:
-        sys.exit(f"{templates.IMAGE} is not built: scripts/build-image.sh (or pass --build)")
-    print(f"image {templates.IMAGE}: {int(size.stdout) / 1e9:.2f} GB")
-    bare = min(timed(["podman", "run", "--rm", templates.IMAGE, "true"], REPO, dict(os.environ)) for _ in range(3))
-    print(f"container start and stop (podman run --rm IMAGE true): {bare:.2f} s")
+    sizes = {}
+    for image in (templates.IMAGE, templates.SLIM_IMAGE):
+        size = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{.Size}}", image], capture_output=True, text=True
+        )
+        if size.returncode != 0:
+            sys.exit(f"{image} is not built: scripts/build-image.sh (or pass --build)")
+        sizes[image] = int(size.stdout)
+        start = min(timed(["podman", "run", "--rm", image, "true"], REPO, dict(os.environ)) for _ in range(3))
+        print(f"image {image}: {sizes[image] / 1e9:.3f} GB; podman run --rm IMAGE true: {start:.2f} s")
+    ratio = sizes[templates.SLIM_IMAGE] / sizes[templates.IMAGE]
+    print(f"slim / full: {ratio:.1%} (target <= 15%: {'PASS' if ratio <= 0.15 else 'MISS'})")
+    variants = {
+        "process": ["--runtime", "process"],
+        "podman": ["--runtime", "podman"],
+        "podman-full": ["--runtime", "podman", "--image", templates.IMAGE],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-containers-") as tmp:
         mirror = os.environ.get("FASHION_MNIST_MIRROR", str(REPO.parent / "shared" / "data" / "fashion-mnist"))
-        durations = {}
-        for runtime in ("process", "podman"):
-            # One store each, the dataset already in it: both runs do the same work (a first promotion).
-            work = Path(tmp) / runtime
+        durations, walls = {}, {}
+        for variant, runtime in variants.items():
+            # One store each, the dataset already in it: every run does the same work (a first promotion).
+            work = Path(tmp) / variant
             work.mkdir()
             env = {**os.environ, "FASHION_PIPELINE_STORE": str(work / "store"), "TF_CPP_MIN_LOG_LEVEL": "2"}
             subprocess.run([CLI, "fetch", "--data-url", mirror, "--out", "f"], cwd=work, env=env, capture_output=True)
-            name = f"bench-{runtime}"
-            subprocess.run(
-                [CLI, "run", "--runtime", runtime, "--name", name, *QUICK], cwd=work, env=env, capture_output=True
-            )
+            name = f"bench-{variant}"
+            started = time.perf_counter()
+            subprocess.run([CLI, "run", *runtime, "--name", name, *QUICK], cwd=work, env=env, capture_output=True)
+            walls[variant] = time.perf_counter() - started
             run = json.loads((work / "runs" / name / "workflow.json").read_text())
-            durations[runtime] = {n["name"]: n["duration_s"] or 0.0 for n in run["nodes"]}
-            print(f"{runtime}: run {run['phase']}")
-        print(f"  {'node':<14} {'process':>8} {'podman':>8} {'overhead':>9}")
+            durations[variant] = {n["name"]: n["duration_s"] or 0.0 for n in run["nodes"]}
+            print(f"{variant}: run {run['phase']} in {walls[variant]:.1f} s")
+        print(f"  {'node':<14} {'process':>8} {'podman':>8} {'full img':>8} {'slim - full':>11}")
         for node, seconds in durations["process"].items():
-            in_image = durations["podman"].get(node, 0.0)
-            print(f"  {node:<14} {seconds:7.2f}s {in_image:7.2f}s {in_image - seconds:+8.2f}s")
+            own, full = durations["podman"].get(node, 0.0), durations["podman-full"].get(node, 0.0)
+            print(f"  {node:<14} {seconds:7.2f}s {own:7.2f}s {full:7.2f}s {own - full:+10.2f}s")
+        ratio = walls["podman"] / walls["podman-full"]
+        print(
+            f"wall: podman, each node its image {walls['podman']:.1f} s vs every node in the full image "
+            f"{walls['podman-full']:.1f} s = {ratio:.3f}x (target no slower: {'PASS' if ratio <= 1.02 else 'MISS'})"
+        )
 
 
 def main() -> None:

@@ -49,6 +49,33 @@ def step_image() -> str:
     return templates.IMAGE
 
 
+def _image(image: str, field: str) -> str:
+    return subprocess.run(
+        ["podman", "image", "inspect", "--format", field, image], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_the_slim_image_is_the_same_code_user_and_labels_at_most_15_percent_of_the_full_one(step_image: str) -> None:
+    full, slim = templates.IMAGE, templates.SLIM_IMAGE
+    ratio = int(_image(slim, "{{.Size}}")) / int(_image(full, "{{.Size}}"))
+
+    assert ratio <= 0.15, f"slim image is {ratio:.1%} of the full one"
+    assert _image(slim, "{{.Config.User}}") == _image(full, "{{.Config.User}}") == "10001:10001"
+    labels = {image: json.loads(_image(image, "{{json .Config.Labels}}")) for image in (full, slim)}
+    assert labels[slim].pop("io.fashion-pipeline.flavor") == "slim"
+    assert labels[full].pop("io.fashion-pipeline.flavor") == "full"
+    assert labels[slim] == labels[full]
+    env = {image: _image(image, "{{json .Config.Env}}") for image in (full, slim)}
+    assert env[slim] == env[full]  # the same code version, paths and settings
+    # No TensorFlow in it: a step that imported it would fail there, as the pipeline test would show.
+    probe = subprocess.run(
+        ["podman", "run", "--rm", slim, "python", "-c", "import importlib.util as u; print(u.find_spec('tensorflow'))"],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.stdout.strip() == "None", probe.stderr
+
+
 def _probe_workflow(code: str, outputs: list[str], **pod: Any) -> dict[str, Any]:
     container = {
         "image": templates.IMAGE,

@@ -62,6 +62,7 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     assert re.search(r"\n    ✓ min_accuracy +value 0\.\d{4} +threshold 0\.5000\n", first.stdout), first.stdout
     assert "  rollout     promoted" in first.stdout and f"  production  {version}\n" in first.stdout
     assert f"  records     {workdir / 'runs' / 'first' / 'workflow.json'}, " in first.stdout
+    _outputs_are_what_the_templates_declare(workdir / "runs" / "first", run)
 
     second = fashion(workdir, "run", *QUICK, "-p", "min_accuracy=0.99", "-p", "seed=3", "--name", "second")
     assert second.returncode == 0, second.stderr  # a rejection is a successful run
@@ -79,6 +80,21 @@ def test_run_promotes_a_first_model_then_rejects_a_worse_one(workdir: Path) -> N
     assert f"  production  {production['version']}\n" in second.stdout
     assert registry.alias("production")["version"] == production["version"]  # type: ignore[index]
     assert len(registry.history("production")) == 1
+    _outputs_are_what_the_templates_declare(workdir / "runs" / "second", run)
+
+
+def _outputs_are_what_the_templates_declare(run_dir: Path, run: dict[str, Any]) -> None:
+    """Each node wrote exactly its template's outputs: on Argo an undeclared one is dropped unseen."""
+    templates = {t["name"]: t.get("outputs", {}) for t in manifest()["spec"]["templates"]}
+    for node in run["nodes"]:
+        if node["phase"] != "Succeeded":
+            continue
+        declared = templates[node["template"]]
+        parameters = {p["name"] for p in declared.get("parameters", [])}
+        files = {a["path"].rpartition("/")[2] for a in declared.get("artifacts", [])}
+        [written_dir] = list((run_dir / node["name"]).glob("attempt-*/outputs"))
+        written = {path.name for path in written_dir.iterdir()}
+        assert written == parameters | files, (node["name"], written ^ (parameters | files))
 
 
 def test_a_step_killed_mid_way_leaves_the_store_consistent_and_a_rerun_succeeds(workdir: Path) -> None:
