@@ -26,6 +26,7 @@ from hera.workflows import models as m
 from steps import __version__, hardware
 from workflows import trigger
 from workflows.arguments import step_arguments
+from workflows.outputs import STEP_OUTPUTS
 
 # Fully qualified: podman, docker and the kubelet (containerd) resolve it to the same image.
 IMAGE = f"docker.io/fashion-pipeline/steps:{__version__}"
@@ -71,14 +72,17 @@ def _env() -> list[Env | SecretEnv]:
     ]
 
 
-def _out(name: str, default: str | None = None, global_name: str | None = None) -> Parameter:
-    value_from = m.ValueFrom(path=f"{OUTPUTS}/{name}", default=default)
-    return Parameter(name=name, value_from=value_from, global_name=global_name)
-
-
-def _report(name: str, file: str) -> Artifact:
-    """A report file the Argo UI can render: unarchived, with its extension."""
-    return Artifact(name=name, path=f"{OUTPUTS}/{file}", archive=NoneArchiveStrategy(), optional=True)
+def _outputs(step: str) -> list[Parameter | Artifact]:
+    """The step's outputs (workflows/outputs.py): parameters from files, reports the Argo UI can render."""
+    declared: list[Parameter | Artifact] = []
+    for output in STEP_OUTPUTS[step]:
+        if output.file is None:
+            value_from = m.ValueFrom(path=f"{OUTPUTS}/{output.name}", default=output.default)
+            declared.append(Parameter(name=output.name, value_from=value_from, global_name=output.global_name))
+        else:  # unarchived, with its extension, optional: a report is never worth failing a node for
+            path = f"{OUTPUTS}/{output.file}"
+            declared.append(Artifact(name=output.name, path=path, archive=NoneArchiveStrategy(), optional=True))
+    return declared
 
 
 def _command(step: str, *upstream: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -141,14 +145,7 @@ def fetch_dataset() -> Container:
         memory="1Gi",
         deadline=900,
         **_command("fetch"),
-        outputs=[
-            _out("dataset_uri"),
-            _out("dataset_digest"),
-            _out("cache_hit"),
-            _out("canonical"),
-            _out("source"),
-            _report("lineage", "lineage.json"),
-        ],
+        outputs=_outputs("fetch"),
         retry_strategy=_NETWORK_RETRY,
     )
 
@@ -163,13 +160,7 @@ def train() -> Container:
         env=[_cpu_limit_env()],
         deadline=3600,
         **_command("train", "dataset"),
-        outputs=[
-            _out("model_version", global_name="model_version"),
-            _out("model_uri"),
-            _out("training"),
-            _report("training-curve", "training-curve.png"),
-            _report("history", "history.json"),
-        ],
+        outputs=_outputs("train"),
     )
 
 
@@ -182,16 +173,7 @@ def evaluate() -> Container:
         memory_limit="3Gi",
         deadline=1800,
         **_command("evaluate", "dataset", "model", extra=("--champion", "production")),
-        outputs=[
-            _out("metrics_uri"),
-            _out("accuracy", global_name="accuracy"),
-            _out("champion_version"),
-            _out("champion_accuracy"),
-            _out("p_value"),
-            _report("metrics", "metrics.json"),
-            _report("confusion-matrix", "confusion-matrix.png"),
-            _report("confusion-matrix-counts", "confusion-matrix.json"),
-        ],
+        outputs=_outputs("evaluate"),
         metrics=[
             Gauge(
                 name="fashion_pipeline_candidate_accuracy",
@@ -211,12 +193,7 @@ def gate() -> Container:
         memory="512Mi",
         deadline=300,
         **_command("gate", "metrics"),
-        outputs=[
-            _out("decision", global_name="decision"),
-            _out("model_version"),
-            _report("decision", "decision.json"),
-            _report("model-card", "model-card.md"),
-        ],
+        outputs=_outputs("gate"),
         metrics=[
             Counter(
                 name="fashion_pipeline_gate_decisions_total",
@@ -235,12 +212,7 @@ def rollout() -> Container:
         memory="2Gi",
         deadline=1800,
         **_command("rollout", "model", "dataset", extra=("--namespace", "{{workflow.namespace}}")),
-        # Read by the exit report whether rollout ran or was Skipped: defaults are required.
-        outputs=[
-            _out("outcome", default="skipped", global_name="rollout_outcome"),
-            _out("served_version", default="", global_name="served_version"),
-            _report("rollout", "rollout.json"),
-        ],
+        outputs=_outputs("rollout"),
         retry_strategy=RetryStrategy(
             limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=m.IntOrString(2))
         ),
@@ -267,7 +239,7 @@ def report() -> Container:
             "--out",
             OUTPUTS,
         ],
-        outputs=[_report("summary", "summary.md")],
+        outputs=_outputs("report"),
     )
 
 

@@ -751,3 +751,17 @@ def test_core_kinds_without_kubernetes_validate_say_what_to_install(monkeypatch:
     monkeypatch.setitem(sys.modules, "kubernetes_validate", None)
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"}, "spec": {}}
     assert messages(claim) == ["$: cannot check PersistentVolumeClaim: pip install kubernetes-validate"]
+
+
+def test_a_step_writes_exactly_its_declared_outputs_and_may_leave_out_those_with_a_default() -> None:
+    from workflows.outputs import check_values
+
+    check_values("rollout", {"outcome": "promoted", "served_version": "v1"})
+    check_values("rollout", {})  # Skipped or failed before writing: Argo takes the defaults
+    with pytest.raises(ValueError, match=r"does not declare \(\['champion_accurcy'\]\).*leaves out"):
+        check_values(
+            "evaluate",
+            {"metrics_uri": "", "accuracy": "", "champion_version": "", "p_value": "", "champion_accurcy": ""},
+        )
+    with pytest.raises(ValueError, match=r"leaves out declared ones \(\['source'\]\)"):
+        check_values("fetch", {"dataset_uri": "", "dataset_digest": "", "cache_hit": "", "canonical": ""})

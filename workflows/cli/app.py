@@ -111,8 +111,11 @@ def user() -> str:
     return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
 
 
-def write_outputs(out: Path, values: dict[str, Any]) -> None:
-    """One file per output parameter, as Argo's `valueFrom.path` reads them."""
+def write_outputs(step: str, out: Path, values: dict[str, Any]) -> None:
+    """One file per output parameter, as Argo's `valueFrom.path` reads them: exactly the step's declared ones."""
+    from workflows.outputs import check_values
+
+    check_values(step, values)
     out.mkdir(parents=True, exist_ok=True)
     for name, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value)

@@ -125,7 +125,7 @@ def fetch(data_url: str, out: OutOption = Path("outputs/fetch")) -> None:
         "canonical": "true" if result.canonical else "false",
         "source": result.source,
     }
-    write_outputs(out, values)
+    write_outputs("fetch", out, values)
     drop = lineage["drop"] or {}
     echo_summary(
         {
@@ -187,7 +187,7 @@ def train(
     )
     fit = result.fit
     values = {"model_version": result.version, "model_uri": result.version_uri, "training": json.dumps(fit)}
-    write_outputs(out, values)
+    write_outputs("train", out, values)
     final = {k: v[-1] for k, v in result.history.items() if v}
     budget = f"{fit['budget_s']:g} s budget, " if fit["budget_s"] else ""
     echo_summary(
@@ -250,7 +250,7 @@ def evaluate(
         "champion_accuracy": str(metrics["champion"]["accuracy"]) if metrics["champion"] else "",
         "p_value": str(metrics["comparison"]["p_value"]) if metrics["comparison"] else "",
     }
-    write_outputs(out, values)
+    write_outputs("evaluate", out, values)
     echo_summary({"candidate": candidate, **values, "report": out / "metrics.json"})
 
 
@@ -274,7 +274,7 @@ def gate(
     started = _started()
     audit = {"workflow": workflow_name(), "trigger": started}
     record = run_gate(open_registry(), read_metrics(metrics), policy, out, audit)
-    write_outputs(out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
+    write_outputs("gate", out, {"decision": record["decision"], "model_version": record["candidate"] or ""})
     echo_summary(
         {"decision": record["decision"], "reasons": "; ".join(record["reasons"]), "record": out / "decision.json"}
     )
@@ -341,7 +341,9 @@ def rollout(
         written = out / "rollout.json"
         if written.exists():
             outcome = json.loads(written.read_text())
-            write_outputs(out, {"outcome": outcome["outcome"], "served_version": outcome.get("served_version") or ""})
+            write_outputs(
+                "rollout", out, {"outcome": outcome["outcome"], "served_version": outcome.get("served_version") or ""}
+            )
     echo_summary({"outcome": record["outcome"], "version": record["version"], "target": record["target"]})
 
 
