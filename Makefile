@@ -51,6 +51,7 @@ test: $(STAMP) $(SERVING_TF_STAMP)
 # The fast lane: pure logic (tests/unit), under a minute; `make test` runs every lane.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 clean:

@@ -4,14 +4,14 @@
 #
 # Usage: scripts/trigger-retrain.sh [KEY=VALUE ...]
 #   e.g. scripts/trigger-retrain.sh epochs=2 train_limit=5000 reason="new drop"
-# KEY is a field of workflows/retrain-payload.schema.json; VALUE is typed by that schema
+# KEY is a field of workflows/triggers/retrain-payload.schema.json; VALUE is typed by that schema
 # (numbers and true/false for numeric and boolean fields, text otherwise).
 # Env: WEBHOOK_URL (default http://localhost:12000/retrain), EVENT_ID (default: a fresh one),
 #      FASHION_PIPELINE_WEBHOOK_TOKEN (default: read from the cluster).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SCHEMA="$REPO/workflows/retrain-payload.schema.json"
+SCHEMA="$REPO/workflows/triggers/retrain-payload.schema.json"
 NAMESPACE=fashion
 URL="${WEBHOOK_URL:-http://localhost:12000/retrain}"
 

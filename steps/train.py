@@ -29,7 +29,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 VALIDATION_FRACTION = 0.05
 VALIDATION_BATCH = 1000
 # The default budget: train + evaluate within 120 s on every tier (README, "Measured"); a nightly run
-# takes a larger one (workflows/schedule.py).
+# takes a larger one (workflows/triggers/schedule.py).
 DEFAULT_BUDGET_S = 100.0
 MIN_BUDGET_S = 10.0  # tracing and calibration alone take a few seconds
 MAX_BUDGET_S = 3000.0  # within the train template's activeDeadlineSeconds (3600)

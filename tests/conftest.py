@@ -282,11 +282,19 @@ class ServerProcess:
             self.proc.wait()
 
 
+# Fixtures that train a model (or hand a test real data to train on): a test using one is `slow`.
+TRAINING_FIXTURES = frozenset({"trained_store", "real_mirror", "quick_run_s"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything in tests/model trains: it is `slow` (deselect with -m "not slow")."""
+    """Everything in tests/model trains, and so does any test using a training fixture: they are `slow`.
+
+    `pytest -m "not slow"` leaves the lanes that never train (deselect with -m "not slow").
+    """
     model_lane = Path(__file__).resolve().parent / "model"
     for item in items:
-        if model_lane in Path(str(item.fspath)).resolve().parents:
+        trains = TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if trains or model_lane in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
 
 

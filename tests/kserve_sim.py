@@ -211,8 +211,9 @@ def _send(handler: http.server.BaseHTTPRequestHandler, code: int, body: Any) -> 
 
 def _shift_classes(data: bytes) -> bytes:
     """The wrong-classes fault: every prediction names the next class (probabilities rotated to match)."""
-    answer = protocol.decode_response("v1", json.loads(data), {})
-    shifted = protocol.encode_v1_response(np.roll(answer.probabilities, 1, axis=1), (answer.class_ids + 1) % 10)
+    v1 = protocol.CODECS[protocol.Protocol.V1]
+    answer = v1.from_bytes(data, {})
+    shifted = v1.respond(np.roll(answer.probabilities, 1, axis=1), (answer.class_ids + 1) % 10)
     return json.dumps(shifted).encode()
 
 

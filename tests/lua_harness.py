@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from workflows.events import lua_string
+from workflows.triggers.webhook_sensor import lua_string
 
 LUA = shutil.which("lua5.1") or shutil.which("lua")
 

@@ -1,6 +1,6 @@
 """The workflow's arguments, declared once: `ARGUMENTS` makes the WorkflowTemplate's arguments, each
 step template's inputs (and what the DAG passes them), the step commands' options and the retrain
-payload's schema (workflows/payload.py).
+payload's schema (workflows/triggers/payload.py).
 
 A step's own parameters are declared where the step reads them, as `parameter` fields of its
 dataclass (steps/parameters.py: type, default, description, bounds); the table takes them from there
@@ -75,7 +75,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         pattern="^(https?|s3|file)://[^\\t\\n\\r ]+$",
         event_note=(
             "The pattern is what the fetch step reads; an event's URL must also start with one of the operator's "
-            "allowed prefixes (by default https:// and s3://, see workflows/payload.py)."
+            "allowed prefixes (by default https:// and s3://, see workflows/triggers/payload.py)."
         ),
     ),
     *_parameters("gate", GatePolicy),

@@ -14,6 +14,7 @@ from hera.workflows import models as m
 
 from workflows import arguments, templates
 from workflows.arguments import Argument, step_arguments
+from workflows.templates import Sizing, Step
 
 NAME = "fashion-mnist-train-deploy"
 NAMESPACE = "fashion"
@@ -38,6 +39,67 @@ def _parameter(argument: Argument) -> Parameter:
     )
 
 
+DATASET = ("fetch-dataset", "dataset_uri")
+# The steps in the order of the DAG; the exit report runs after everything (onExit).
+STEPS = (
+    Step("fetch-dataset", "fetch", slim=True, container={"retry_strategy": templates.NETWORK_RETRY}),
+    Step("train", "train", upstream={"dataset": DATASET}, after="fetch-dataset", cpu_limit_env=True),
+    Step(
+        "evaluate",
+        "evaluate",
+        upstream={"dataset": DATASET, "model": ("train", "model_version")},
+        extra_args=("--champion", "production"),
+        after="train",
+        container={"metrics": [templates.CANDIDATE_ACCURACY]},
+    ),
+    Step(
+        "gate",
+        "gate",
+        upstream={"metrics": ("evaluate", "metrics_uri")},
+        after="evaluate",
+        slim=True,
+        container={"metrics": [templates.GATE_DECISIONS]},
+    ),
+    Step(
+        "rollout",
+        "rollout",
+        upstream={"model": ("gate", "model_version"), "dataset": DATASET},
+        extra_args=("--namespace", "{{workflow.namespace}}"),
+        after="gate",
+        when=("gate", "decision", "promote"),
+        container={
+            "retry_strategy": templates.ROLLOUT_RETRY,
+            "synchronization": m.Synchronization(mutexes=[m.Mutex(name=templates.ROLLOUT_MUTEX)]),
+            # The only step that writes InferenceServices runs as the only account allowed to (argo/rbac.yaml).
+            "service_account_name": templates.ROLLOUT_SERVICE_ACCOUNT,
+        },
+    ),
+)
+REPORT = Step(
+    "report",
+    "report",
+    extra_args=(
+        "--workflow",
+        "{{workflow.name}}",
+        "--status",
+        "{{workflow.status}}",
+        "--failures",
+        "{{workflow.failures}}",
+    ),
+    slim=True,
+)
+# What each node reserves and may use, next to the DAG that runs them side by side or not
+# (tests/unit/test_cluster_sizing.py holds the peak against the smallest documented cluster).
+SIZING = {
+    "fetch-dataset": Sizing("500m", "1Gi", 900),
+    "train": Sizing("1", "3Gi", 3600, cpu_limit="2", memory_limit="4Gi"),
+    "evaluate": Sizing("1", "2Gi", 1800, cpu_limit="2", memory_limit="3Gi"),
+    "gate": Sizing("250m", "512Mi", 300),
+    "rollout": Sizing("500m", "2Gi", 1800),
+    "report": Sizing("250m", "512Mi", 300),
+}
+
+
 def build() -> WorkflowTemplate:
     with WorkflowTemplate(
         name=NAME,
@@ -59,49 +121,23 @@ def build() -> WorkflowTemplate:
         ttl_strategy=m.TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
         security_context=templates.POD_SECURITY,
     ) as workflow:
-        fetch_dataset = templates.fetch_dataset()
-        train = templates.train()
-        evaluate = templates.evaluate()
-        gate = templates.gate()
-        rollout = templates.rollout()
-        templates.report()
+        made = {step.name: templates.container(step, SIZING[step.name]) for step in STEPS}
+        templates.container(REPORT, SIZING[REPORT.name])
 
         # Hera types a template call for any context (Step | Task | None); in a DAG it is a Task.
         with DAG(name="train-deploy"):
-            fetched = fetch_dataset(arguments=_from_workflow("fetch"))
-            assert isinstance(fetched, Task)
-            trained = train(
-                arguments={
-                    "dataset": fetched.get_parameter("dataset_uri").value,
-                    **_from_workflow("train"),
-                }
-            )
-            assert isinstance(trained, Task)
-            evaluated = evaluate(
-                arguments={
-                    "dataset": fetched.get_parameter("dataset_uri").value,
-                    "model": trained.get_parameter("model_version").value,
-                }
-            )
-            assert isinstance(evaluated, Task)
-            gated = gate(
-                arguments={
-                    "metrics": evaluated.get_parameter("metrics_uri").value,
-                    **_from_workflow("gate"),
-                }
-            )
-            assert isinstance(gated, Task)
-            rolled_out = rollout(
-                arguments={
-                    "model": gated.get_parameter("model_version").value,
-                    "dataset": fetched.get_parameter("dataset_uri").value,
-                    **_from_workflow("rollout"),
-                },
-                when=f"{gated.get_parameter('decision').value} == promote",
-            )
-            assert isinstance(rolled_out, Task)
-            # `>>` would do; Hera annotates its chained result as a list `>>` does not accept.
-            fetched.next(trained).next(evaluated).next(gated).next(rolled_out)
+            tasks: dict[str, Task] = {}
+            for step in STEPS:
+                passed = {name: tasks[up].get_parameter(output).value for name, (up, output) in step.upstream.items()}
+                when = None
+                if step.when:
+                    up, output, value = step.when
+                    when = f"{tasks[up].get_parameter(output).value} == {value}"
+                task = made[step.name](arguments={**passed, **_from_workflow(step.command)}, when=when)
+                assert isinstance(task, Task)
+                if step.after:
+                    tasks[step.after].next(task)
+                tasks[step.name] = task
     return workflow
 
 

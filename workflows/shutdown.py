@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger("shutdown")
+log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_S = 15.0  # after a second signal, the longest the process still takes to exit

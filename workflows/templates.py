@@ -6,6 +6,8 @@ The command is the same in the container and in the local engine; outputs are fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hera.workflows import (
@@ -52,7 +54,7 @@ POD_SECURITY = m.PodSecurityContext(
     fs_group=10001,
     seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
 )
-_NETWORK_RETRY = RetryStrategy(
+NETWORK_RETRY = RetryStrategy(
     limit=3,
     retry_policy="Always",
     backoff=m.Backoff(duration="10s", factor=m.IntOrString(2), max_duration="5m"),
@@ -85,16 +87,55 @@ def _outputs(step: str) -> list[Parameter | Artifact]:
     return declared
 
 
-def _command(step: str, *upstream: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`fashion-pipeline STEP --name {{inputs.parameters.name}} ... EXTRA --out OUTPUTS`, and the inputs it reads.
+@dataclass(frozen=True)
+class Sizing:
+    """What a node's pod reserves (requests) and may use (limits, default: the requests); its deadline."""
 
-    The inputs are what upstream steps pass, then the workflow arguments the step takes (workflows/arguments.py).
+    cpu: str
+    memory: str
+    deadline_s: int
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its template, its command line and its DAG task are all derived from this.
+
+    The command's workflow arguments come from workflows/arguments.py, its outputs from
+    workflows/outputs.py (declared once each); `upstream` names the inputs it takes from earlier
+    steps' outputs, in the order the command receives them.
     """
-    names = (*upstream, *(argument.input_name for argument in step_arguments(step)))
-    args = [step]
+
+    name: str  # the template's, the task's and so the node's name
+    command: str  # `fashion-pipeline COMMAND`
+    upstream: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # input -> (step, output)
+    extra_args: tuple[str, ...] = ()
+    after: str | None = None  # the task it depends on
+    when: tuple[str, str, str] | None = None  # (step, output, value): run only if that output has that value
+    slim: bool = False  # imports no TensorFlow: runs in SLIM_IMAGE
+    cpu_limit_env: bool = False  # given its limits.cpu (downward API) to size TensorFlow's thread pools
+    container: Mapping[str, Any] = field(default_factory=dict)  # more Container fields: retries, metrics, ...
+
+
+def _command(step: Step) -> dict[str, Any]:
+    """`fashion-pipeline COMMAND --name {{inputs.parameters.name}} ... EXTRA --out OUTPUTS`, and the inputs it reads.
+
+    The inputs are what upstream steps pass, then the workflow arguments the step takes (workflows/arguments.py);
+    `--out` for a step with outputs (workflows/outputs.py).
+    """
+    names = (*step.upstream, *(argument.input_name for argument in step_arguments(step.command)))
+    args = [step.command]
     for name in names:
         args += [f"--{name.replace('_', '-')}", f"{{{{inputs.parameters.{name}}}}}"]
-    return {"args": [*args, *extra, "--out", OUTPUTS], "inputs": [Parameter(name=name) for name in names]}
+    args += step.extra_args
+    if step.command not in STEP_OUTPUTS:
+        return {"args": args}
+    return {
+        "args": [*args, "--out", OUTPUTS],
+        "inputs": [Parameter(name=name) for name in names] or None,
+        "outputs": _outputs(step.command),
+    }
 
 
 def _cpu_limit_env() -> m.EnvVar:
@@ -103,157 +144,39 @@ def _cpu_limit_env() -> m.EnvVar:
     return m.EnvVar(name=hardware.CPU_LIMIT_ENV, value_from=source)
 
 
-def _step(
-    name: str,
-    *,
-    cpu: str,
-    memory: str,
-    deadline: int,
-    slim: bool = False,
-    cpu_limit: str | None = None,
-    memory_limit: str | None = None,
-    env: list[Env | SecretEnv | m.EnvVar] | None = None,
-    **kwargs: Any,  # the rest of Container's fields (args, inputs, outputs, ...)
-) -> Container:
-    """A step container; requests are what the scheduler reserves, limits (default: the requests) may be higher.
-
-    `slim`: the step imports no TensorFlow, so it runs in SLIM_IMAGE.
-    """
+def container(step: Step, sizing: Sizing) -> Container:
+    """The step's template: its command in its image, with the store's env, the pod's security and its sizing."""
     return Container(
-        name=name,
-        image=SLIM_IMAGE if slim else IMAGE,
+        name=step.name,
+        image=SLIM_IMAGE if step.slim else IMAGE,
         image_pull_policy="IfNotPresent",
         command=["fashion-pipeline"],
-        env=[*_env(), *(env or [])],
+        env=[*_env(), *([_cpu_limit_env()] if step.cpu_limit_env else [])],
         security_context=_SECURITY,
         resources=Resources(
-            cpu_request=cpu,
-            cpu_limit=cpu_limit or cpu,
-            memory_request=memory,
-            memory_limit=memory_limit or memory,
+            cpu_request=sizing.cpu,
+            cpu_limit=sizing.cpu_limit or sizing.cpu,
+            memory_request=sizing.memory,
+            memory_limit=sizing.memory_limit or sizing.memory,
         ),
-        active_deadline_seconds=deadline,
-        **kwargs,
+        active_deadline_seconds=sizing.deadline_s,
+        **_command(step),
+        **step.container,
     )
 
 
-def fetch_dataset() -> Container:
-    return _step(
-        "fetch-dataset",
-        slim=True,
-        cpu="500m",
-        memory="1Gi",
-        deadline=900,
-        **_command("fetch"),
-        outputs=_outputs("fetch"),
-        retry_strategy=_NETWORK_RETRY,
-    )
-
-
-def train() -> Container:
-    return _step(
-        "train",
-        cpu="1",
-        cpu_limit="2",
-        memory="3Gi",
-        memory_limit="4Gi",
-        env=[_cpu_limit_env()],
-        deadline=3600,
-        **_command("train", "dataset"),
-        outputs=_outputs("train"),
-    )
-
-
-def evaluate() -> Container:
-    return _step(
-        "evaluate",
-        cpu="1",
-        cpu_limit="2",
-        memory="2Gi",
-        memory_limit="3Gi",
-        deadline=1800,
-        **_command("evaluate", "dataset", "model", extra=("--champion", "production")),
-        outputs=_outputs("evaluate"),
-        metrics=[
-            Gauge(
-                name="fashion_pipeline_candidate_accuracy",
-                help="Test accuracy of the candidate model trained by this workflow",
-                value="{{outputs.parameters.accuracy}}",
-                realtime=False,
-            )
-        ],
-    )
-
-
-def gate() -> Container:
-    return _step(
-        "gate",
-        slim=True,
-        cpu="250m",
-        memory="512Mi",
-        deadline=300,
-        **_command("gate", "metrics"),
-        outputs=_outputs("gate"),
-        metrics=[
-            Counter(
-                name="fashion_pipeline_gate_decisions_total",
-                help="Gate decisions, by outcome",
-                labels=[Label(key="decision", value="{{outputs.parameters.decision}}")],
-                value="1",
-            )
-        ],
-    )
-
-
-def rollout() -> Container:
-    return _step(
-        "rollout",
-        cpu="500m",
-        memory="2Gi",
-        deadline=1800,
-        **_command("rollout", "model", "dataset", extra=("--namespace", "{{workflow.namespace}}")),
-        outputs=_outputs("rollout"),
-        retry_strategy=RetryStrategy(
-            limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=m.IntOrString(2))
-        ),
-        synchronization=m.Synchronization(mutexes=[m.Mutex(name=ROLLOUT_MUTEX)]),
-        service_account_name=ROLLOUT_SERVICE_ACCOUNT,
-    )
-
-
-def report() -> Container:
-    return _step(
-        "report",
-        slim=True,
-        cpu="250m",
-        memory="512Mi",
-        deadline=300,
-        args=[
-            "report",
-            "--workflow",
-            "{{workflow.name}}",
-            "--status",
-            "{{workflow.status}}",
-            "--failures",
-            "{{workflow.failures}}",
-            "--out",
-            OUTPUTS,
-        ],
-        outputs=_outputs("report"),
-    )
-
-
-def reconcile_drops() -> Container:
-    """The drop reconciler's one step (workflows/drop_reconcile.py): it reads the store and creates Workflows.
-
-    In the full image: its Kubernetes client alone (126 MB installed) would take the slim image past its
-    budget (15% of the full one), and the nodes that train hold the full image anyway.
-    """
-    return _step(
-        "reconcile-drops",
-        cpu="250m",
-        memory="512Mi",
-        deadline=600,
-        args=["reconcile-drops", "--namespace", "{{workflow.namespace}}"],
-        retry_strategy=_NETWORK_RETRY,
-    )
+CANDIDATE_ACCURACY = Gauge(
+    name="fashion_pipeline_candidate_accuracy",
+    help="Test accuracy of the candidate model trained by this workflow",
+    value="{{outputs.parameters.accuracy}}",
+    realtime=False,
+)
+GATE_DECISIONS = Counter(
+    name="fashion_pipeline_gate_decisions_total",
+    help="Gate decisions, by outcome",
+    labels=[Label(key="decision", value="{{outputs.parameters.decision}}")],
+    value="1",
+)
+ROLLOUT_RETRY = RetryStrategy(
+    limit=2, retry_policy="OnError", backoff=m.Backoff(duration="30s", factor=m.IntOrString(2))
+)

@@ -1,7 +1,7 @@
 """How a run started: the `trigger` workflow argument, a compact JSON object that every step can read.
 
 Whoever starts a run writes it: the webhook receiver and the schedule of `up`, `run`, the Sensor
-(from the event body, see workflows/events.py), the CronWorkflow; `argo submit` keeps the
+(from the event body, see workflows/triggers/webhook_sensor.py), the CronWorkflow; `argo submit` keeps the
 template's default. Keys: `by` (webhook, schedule, cli, manual), `via` (which launcher), `payload`
 (a webhook event's body) and `operator` (the launcher's `-p` values). The run record keeps it
 with the other arguments; gate and rollout read it from `ENV` into the decision record and the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 version_root, port = sys.argv[1], int(sys.argv[2])
 sys.argv = sys.argv[:1]  # `import kserve` parses the command line
@@ -28,7 +29,7 @@ class PlainModel(kserve.Model):
     def __init__(self, name: str, path: str) -> None:
         super().__init__(name)
         self.path = path
-        self.infer = None
+        self.infer: Any = None
 
     def load(self) -> bool:
         self.infer = tf.saved_model.load(self.path).signatures["serving_default"]

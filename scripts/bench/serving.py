@@ -31,7 +31,9 @@ import numpy as np
 import requests
 
 from steps.registry import MODEL_NAME
-from steps.serving.protocol import encode_request, predict_path, ready_path
+from steps.serving.protocol import CODECS, Protocol, ready_path
+
+V1 = CODECS[Protocol.V1]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
@@ -88,7 +90,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
 
 def latency(url: str, image: np.ndarray, n: int) -> tuple[float, float]:
     session = requests.Session()
-    body = json.dumps(encode_request("v1", image[None]))
+    body = json.dumps(V1.request(image[None]))
     headers = {"Content-Type": "application/json"}
     for _ in range(20):
         session.post(url, data=body, headers=headers)
@@ -102,7 +104,7 @@ def latency(url: str, image: np.ndarray, n: int) -> tuple[float, float]:
 
 
 def throughput(url: str, images: np.ndarray, clients: int, seconds: float) -> float:
-    body = json.dumps(encode_request("v1", images[:32])).encode()
+    body = V1.to_bytes(images[:32])
     headers = {"Content-Type": "application/json"}
     counts = [0] * clients
     errors: list[str] = []
@@ -112,7 +114,7 @@ def throughput(url: str, images: np.ndarray, clients: int, seconds: float) -> fl
 
     def client(i: int) -> None:
         # http.client with keep-alive: the load generator shares the 2 cores, so it must be light.
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
         while not stop.is_set():
             connection.request("POST", parts.path, body=body, headers=headers)
             response = connection.getresponse()
@@ -142,7 +144,7 @@ def measure_server(name: str, argv: list[str], port: int, images: np.ndarray, ar
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
-        predict = url + predict_path(MODEL_NAME)
+        predict = url + V1.predict_path(MODEL_NAME)
         p50, p99 = latency(predict, images[0], args.requests)
         rate = throughput(predict, images, args.clients, args.seconds)
     finally:

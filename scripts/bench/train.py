@@ -91,9 +91,9 @@ def measure_tier(tier: str, seeds: list[int], budget: float | None, bare: bool, 
             flush=True,
         )
     fit = rows[0]["fit"]
-    result: dict[str, object] = {"tier": fit["cpu_tier"], "cpu": fit["cpu_model"], "rows": rows}  # type: ignore[index]
+    result: dict[str, object] = {"tier": fit["cpu_tier"], "cpu": fit["cpu_model"], "rows": rows}
     if bare:
-        spec = [dataset, fit["architecture"], fit["precision"], str(fit["batch_size"])]  # type: ignore[index]
+        spec = [dataset, fit["architecture"], fit["precision"], str(fit["batch_size"])]
         for onednn in ("0", "1"):
             _, printed = run(
                 [*prefix, sys.executable, __file__, "--bare", *spec], {**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, REPO
@@ -118,7 +118,7 @@ def report(results: list[dict[str, object]], budget: float | None) -> None:
         speed = statistics.median(f["images_per_s"] for f in fits)  # type: ignore[index]
         bare = result.get("bare_onednn_1")
         bare_cell = f"{result['bare_onednn_0']:.0f} / {bare:.0f}" if bare else "—"
-        ratio = f"{speed / bare:.2f}" if bare else "—"  # type: ignore[operator]
+        ratio = f"{speed / bare:.2f}" if bare else "—"
         print(
             f"| {result['tier']} | {result['cpu']} | {statistics.median(totals):.1f} s, {max(totals):.1f} s "
             f"| {statistics.mean(accuracies):.2%}, {min(accuracies):.2%} "

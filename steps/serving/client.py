@@ -16,13 +16,7 @@ import numpy as np
 from steps.dataset import CLASS_NAMES
 from steps.errors import UserError
 from steps.registry import MODEL_NAME
-from steps.serving.protocol import (
-    PROTOCOLS,
-    decode_response,
-    encode_request,
-    error_message,
-    predict_path,
-)
+from steps.serving.protocol import Codec, codec, error_message
 
 
 @dataclass(frozen=True)
@@ -50,21 +44,23 @@ class PredictionClient:
         url: str,
         protocol: str = "v1",
         model: str = MODEL_NAME,
-        timeout: float = 10.0,
+        timeout_s: float = 10.0,
         retries: int = 3,
         batch_size: int = 64,
         host_header: str | None = None,
     ) -> None:
         import requests
 
-        if protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {protocol!r}: use v1 or v2")
+        try:
+            self.codec: Codec = codec(protocol)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
         if not url.startswith(("http://", "https://")):
             raise UserError(f"server URL {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
         self.protocol = protocol
         self.model = model
-        self.timeout = timeout
+        self.timeout_s = timeout_s
         self.retries = retries
         self.batch_size = batch_size
         self.session = requests.Session()
@@ -73,7 +69,7 @@ class PredictionClient:
 
     @property
     def endpoint(self) -> str:
-        return self.url + predict_path(self.model, self.protocol)
+        return self.url + self.codec.predict_path(self.model)
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         """Predictions for float32 [N,28,28] raw pixels, sent in batches of `batch_size`."""
@@ -82,30 +78,31 @@ class PredictionClient:
             results += self._predict_batch(np.asarray(images[start : start + self.batch_size], np.float32))
         return results
 
-    def _post(self, body: dict[str, Any]) -> Any:
+    def _post(self, body: bytes) -> Any:
         import requests
 
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                return self.session.post(self.endpoint, json=body, timeout=self.timeout)
+                headers = {"Content-Type": self.codec.content_type}
+                return self.session.post(self.endpoint, data=body, headers=headers, timeout=self.timeout_s)
             except requests.ConnectionError as exc:  # refused or reset: the request never ran
                 if attempt == self.retries:
                     raise ClientError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
                 time.sleep(delay)
                 delay *= 2
             except requests.Timeout as exc:
-                raise ClientError(f"{self.endpoint} did not answer within {self.timeout:g}s") from exc
+                raise ClientError(f"{self.endpoint} did not answer within {self.timeout_s:g}s") from exc
         raise AssertionError("unreachable")
 
     def _predict_batch(self, batch: np.ndarray) -> list[Prediction]:
-        response = self._post(encode_request(self.protocol, batch))
+        response = self._post(self.codec.to_bytes(batch))
         if response.status_code != 200:
             detail = error_message(response.text)
             raise ClientError(f"{self.endpoint} answered {response.status_code}: {detail[:300]}")
         try:
-            answer = decode_response(self.protocol, response.json(), response.headers)
-        except ValueError as exc:  # not JSON, or not the protocol's answer
+            answer = self.codec.from_bytes(response.content, response.headers)
+        except ValueError as exc:  # not the protocol's answer
             raise ClientError(f"{self.endpoint} did not answer with predictions: {exc}") from exc
         return [
             Prediction(int(c), p.tolist(), answer.version)

@@ -25,12 +25,14 @@ from steps.serving import protocol
 from steps.serving.batcher import Batcher
 from steps.serving.router import AliasWatcher, Router
 
+_V1, _V2 = protocol.CODECS[protocol.Protocol.V1], protocol.CODECS[protocol.Protocol.V2]
+
 
 @dataclass(frozen=True)
 class Decoded:
     """A request as `preprocess` hands it on: its protocol, its V2 id and its images."""
 
-    protocol: str
+    protocol: protocol.Protocol
     request_id: str | None
     images: np.ndarray
 
@@ -82,8 +84,8 @@ class FashionModel(kserve.Model):  # type: ignore[misc]
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Decoded:
         try:
             if isinstance(payload, InferRequest):
-                return Decoded("v2", payload.id, protocol.decode_v2_inputs(payload.inputs))
-            return Decoded("v1", None, protocol.decode_v1_request(payload))
+                return Decoded(_V2.protocol, payload.id, _V2.images(payload.inputs))
+            return Decoded(_V1.protocol, None, _V1.images(payload))
         except protocol.BadRequest as exc:
             raise InvalidInput(str(exc)) from exc
 
@@ -100,12 +102,10 @@ class FashionModel(kserve.Model):  # type: ignore[misc]
     async def postprocess(
         self, result: Inferred, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
     ) -> Any:
-        if result.request.protocol == "v1":
-            return protocol.encode_v1_response(result.probabilities, result.class_ids)
-        outputs = [
-            InferOutput(t.name, t.shape, t.datatype, t.data)
-            for t in protocol.v2_outputs(result.probabilities, result.class_ids)
-        ]
+        if result.request.protocol is _V1.protocol:
+            return _V1.respond(result.probabilities, result.class_ids)
+        tensors = _V2.respond(result.probabilities, result.class_ids)
+        outputs = [InferOutput(t.name, t.shape, t.datatype, t.data) for t in tensors]
         return InferResponse(
             response_id=result.request.request_id or str(uuid.uuid4()),
             model_name=MODEL_NAME,

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from steps.serving.protocol import decode_response, encode_request
-from steps.targets import ProbeResult
+from steps.serving.protocol import CODECS, Protocol
+
+_V1 = CODECS[Protocol.V1]  # what TF Serving and our server both answer
+
+
+@dataclass
+class ProbeResult:
+    requests: int
+    errors: int
+    correct: int
+    images: int
+    latencies_ms: list[float] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)  # the version each answer named -> answers
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 1.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.images if self.images else 0.0
+
+    @property
+    def p95_ms(self) -> float:
+        import numpy as np
+
+        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else float("inf")
 
 
 def probe_over_http(
@@ -28,13 +55,12 @@ def probe_over_http(
         result.requests += 1
         began = time.perf_counter()
         try:
-            response = session.post(
-                predict_url, json=encode_request("v1", chunk), headers=headers or {}, timeout=timeout_s
-            )
+            sent = {**(headers or {}), "Content-Type": _V1.content_type}
+            response = session.post(predict_url, data=_V1.to_bytes(chunk), headers=sent, timeout=timeout_s)
             elapsed = (time.perf_counter() - began) * 1000
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
-            answer = decode_response("v1", response.json(), response.headers)
+            answer = _V1.from_bytes(response.content, response.headers)
             if answer.class_ids.shape != truth.shape:
                 raise ValueError(f"{len(answer.class_ids)} predictions for {len(truth)} images")
         except (requests.RequestException, ValueError) as exc:

@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, ClassVar
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-PROTOCOLS = ("v1", "v2")
 VERSION_HEADER = "X-Model-Version"
 ROLE_HEADER = "X-Model-Role"
 ROUTE_HEADER = "X-Model-Route"
@@ -63,7 +65,7 @@ class Tensor:
     data: np.ndarray
 
 
-class InputTensor(Protocol):
+class InputTensor(TypingProtocol):
     """A V2 input tensor as KServe decodes it (its `InferInput`)."""
 
     @property
@@ -73,91 +75,154 @@ class InputTensor(Protocol):
     def data(self) -> Any: ...
 
 
-def predict_path(model: str, protocol: str = "v1") -> str:
-    """The path a prediction request is POSTed to."""
-    return f"/v1/models/{model}:predict" if protocol == "v1" else f"/v2/models/{model}/infer"
-
-
 def ready_path(model: str) -> str:
     """The model's own readiness (`/v2/health/ready` is the whole server's)."""
     return f"/v2/models/{model}/ready"
 
 
-def encode_request(protocol: str, images: np.ndarray) -> dict[str, Any]:
-    """The body of a request for float32 [N,28,28] raw pixels."""
-    if protocol == "v1":
+class Protocol(StrEnum):
+    V1 = "v1"  # TF Serving's JSON
+    V2 = "v2"  # the Open Inference Protocol, JSON
+
+
+class Codec(ABC):
+    """One wire protocol, both ends: what a client sends and reads, what the server reads and answers.
+
+    The client side works at the bytes level (`to_bytes`, `from_bytes`), so a binary protocol is one more
+    codec; the server side takes what KServe has decoded (a dict for V1, its InferInputs for V2) and
+    returns what KServe encodes.
+    """
+
+    protocol: ClassVar[Protocol]
+    content_type: ClassVar[str] = "application/json"
+
+    @abstractmethod
+    def predict_path(self, model: str) -> str:
+        """The path a prediction request is POSTed to."""
+
+    @abstractmethod
+    def request(self, images: np.ndarray) -> Any:
+        """The request for float32 [N,28,28] raw pixels, before serialisation."""
+
+    @abstractmethod
+    def answer(self, body: Any, headers: Mapping[str, str]) -> Answer:
+        """A deserialised answer's predictions and the version that served it."""
+
+    @abstractmethod
+    def images(self, request: Any) -> np.ndarray:
+        """Server side: the request KServe decoded -> float32 [N,28,28], or BadRequest saying what was wrong."""
+
+    @abstractmethod
+    def respond(self, probabilities: np.ndarray, class_ids: np.ndarray) -> Any:
+        """Server side: the predictions in the form KServe encodes for this protocol."""
+
+    def to_bytes(self, images: np.ndarray) -> bytes:
+        return json.dumps(self.request(images)).encode()
+
+    def from_bytes(self, data: bytes, headers: Mapping[str, str]) -> Answer:
+        try:
+            body = json.loads(data)
+        except ValueError as exc:
+            raise BadResponse(f"not a {self.protocol} prediction answer (not JSON: {exc})") from exc
+        return self.answer(body, headers)
+
+    def _answer(self, probabilities: Any, class_ids: Any, version: str | None) -> Answer:
+        answer = Answer(
+            np.asarray(probabilities, np.float64).reshape(-1, 10), np.asarray(class_ids, np.int64).reshape(-1), version
+        )
+        if len(answer.probabilities) != len(answer.class_ids):
+            raise BadResponse(f"{len(answer.probabilities)} probability rows for {len(answer.class_ids)} class ids")
+        return answer
+
+
+class V1(Codec):
+    """`{"instances": [image, ...]}` -> `{"predictions": [{"probabilities": [...], "class_id": k}, ...]}`."""
+
+    protocol = Protocol.V1
+
+    def predict_path(self, model: str) -> str:
+        return f"/v1/models/{model}:predict"
+
+    def request(self, images: np.ndarray) -> dict[str, Any]:
         return {_INSTANCES: images.tolist()}
-    return {
-        "id": str(uuid.uuid4()),
-        "inputs": [{"name": _IMAGE, "shape": list(images.shape), "datatype": "FP32", "data": images.ravel().tolist()}],
-    }
 
-
-def decode_response(protocol: str, body: Any, headers: Mapping[str, str]) -> Answer:
-    """An answer's predictions and version (from the header; a V2 body names it too)."""
-    try:
-        if protocol == "v1":
+    def answer(self, body: Any, headers: Mapping[str, str]) -> Answer:
+        try:
             predictions = body[_PREDICTIONS]
             probabilities = [p[_PROBABILITIES] for p in predictions]
-            class_ids = [p[_CLASS_ID] for p in predictions]
-            version = None
-        else:
+            return self._answer(probabilities, [p[_CLASS_ID] for p in predictions], headers.get(VERSION_HEADER))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadResponse(f"not a v1 prediction answer ({type(exc).__name__}: {exc})") from exc
+
+    def images(self, request: Any) -> np.ndarray:
+        """Each instance is 28x28, 784 values or {"image": ...}."""
+        if isinstance(request, bytes | str):
+            raise BadRequest("the body is not valid JSON")
+        if not isinstance(request, dict):
+            raise BadRequest('the body must be a JSON object {"instances": [...]}')
+        if set(request) != {_INSTANCES}:
+            unexpected = ", ".join(map(repr, sorted(set(request) - {_INSTANCES})))
+            raise BadRequest(
+                f'unexpected key(s) {unexpected}: send {{"instances": [...]}}' if unexpected else 'missing "instances"'
+            )
+        instances = request[_INSTANCES]
+        if not isinstance(instances, list):
+            raise BadRequest('"instances" must be a list of images')
+        if isinstance(instances[0] if instances else None, dict):
+            if not all(isinstance(i, dict) and set(i) == {_IMAGE} for i in instances):
+                raise BadRequest('named instances must each be {"image": [...]}')
+            instances = [i[_IMAGE] for i in instances]
+        return _images(instances)
+
+    def respond(self, probabilities: np.ndarray, class_ids: np.ndarray) -> dict[str, Any]:
+        rows = zip(probabilities, class_ids, strict=True)
+        return {_PREDICTIONS: [{_PROBABILITIES: p.tolist(), _CLASS_ID: int(c)} for p, c in rows]}
+
+
+class V2(Codec):
+    """One FP32 input tensor `image` [N,28,28] -> the tensors `probabilities` FP32 [N,10], `class_id` INT64 [N]."""
+
+    protocol = Protocol.V2
+
+    def predict_path(self, model: str) -> str:
+        return f"/v2/models/{model}/infer"
+
+    def request(self, images: np.ndarray) -> dict[str, Any]:
+        tensor = {"name": _IMAGE, "shape": list(images.shape), "datatype": "FP32", "data": images.ravel().tolist()}
+        return {"id": str(uuid.uuid4()), "inputs": [tensor]}
+
+    def answer(self, body: Any, headers: Mapping[str, str]) -> Answer:
+        """The version from the header, else the body's `model_version`."""
+        try:
             outputs = {o["name"]: o for o in body["outputs"]}
-            probabilities, class_ids = outputs[_PROBABILITIES]["data"], outputs[_CLASS_ID]["data"]
-            version = body.get("model_version")
-        answer = Answer(
-            np.asarray(probabilities, np.float64).reshape(-1, 10),
-            np.asarray(class_ids, np.int64).reshape(-1),
-            headers.get(VERSION_HEADER) or version,
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BadResponse(f"not a {protocol} prediction answer ({type(exc).__name__}: {exc})") from exc
-    if len(answer.probabilities) != len(answer.class_ids):
-        raise BadResponse(f"{len(answer.probabilities)} probability rows for {len(answer.class_ids)} class ids")
-    return answer
+            version = headers.get(VERSION_HEADER) or body.get("model_version")
+            return self._answer(outputs[_PROBABILITIES]["data"], outputs[_CLASS_ID]["data"], version)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadResponse(f"not a v2 prediction answer ({type(exc).__name__}: {exc})") from exc
 
+    def images(self, request: Sequence[InputTensor]) -> np.ndarray:
+        """Exactly one tensor, its data flat as its shape says."""
+        if len(request) != 1:
+            raise BadRequest("send exactly one input tensor (the images)")
+        return _images(request[0].data, list(request[0].shape))
 
-def decode_v1_request(body: Any) -> np.ndarray:
-    """V1 `{"instances": [...]}` → float32 [N,28,28]; each instance is 28x28, 784 values or {"image": ...}."""
-    if isinstance(body, bytes | str):
-        raise BadRequest("the body is not valid JSON")
-    if not isinstance(body, dict):
-        raise BadRequest('the body must be a JSON object {"instances": [...]}')
-    if set(body) != {_INSTANCES}:
-        unexpected = ", ".join(map(repr, sorted(set(body) - {_INSTANCES})))
-        raise BadRequest(
-            f'unexpected key(s) {unexpected}: send {{"instances": [...]}}' if unexpected else 'missing "instances"'
-        )
-    instances = body[_INSTANCES]
-    if not isinstance(instances, list):
-        raise BadRequest('"instances" must be a list of images')
-    if isinstance(instances[0] if instances else None, dict):
-        if not all(isinstance(i, dict) and set(i) == {_IMAGE} for i in instances):
-            raise BadRequest('named instances must each be {"image": [...]}')
-        instances = [i[_IMAGE] for i in instances]
-    return _images(instances)
-
-
-def decode_v2_inputs(inputs: Sequence[InputTensor]) -> np.ndarray:
-    """A V2 request's input tensors → float32 [N,28,28]; exactly one tensor, its data flat as its shape says."""
-    if len(inputs) != 1:
-        raise BadRequest("send exactly one input tensor (the images)")
-    return _images(inputs[0].data, list(inputs[0].shape))
-
-
-def encode_v1_response(probabilities: np.ndarray, class_ids: np.ndarray) -> dict[str, Any]:
-    return {
-        _PREDICTIONS: [
-            {_PROBABILITIES: p.tolist(), _CLASS_ID: int(c)} for p, c in zip(probabilities, class_ids, strict=True)
+    def respond(self, probabilities: np.ndarray, class_ids: np.ndarray) -> list[Tensor]:
+        return [
+            Tensor(_PROBABILITIES, list(probabilities.shape), "FP32", probabilities),
+            Tensor(_CLASS_ID, list(class_ids.shape), "INT64", class_ids),
         ]
-    }
 
 
-def v2_outputs(probabilities: np.ndarray, class_ids: np.ndarray) -> list[Tensor]:
-    return [
-        Tensor(_PROBABILITIES, list(probabilities.shape), "FP32", probabilities),
-        Tensor(_CLASS_ID, list(class_ids.shape), "INT64", class_ids),
-    ]
+CODECS: dict[Protocol, Codec] = {codec.protocol: codec for codec in (V1(), V2())}
+PROTOCOLS = tuple(str(protocol) for protocol in CODECS)
+
+
+def codec(protocol: str) -> Codec:
+    """The codec of a protocol's name; ValueError naming the choices for another."""
+    try:
+        return CODECS[Protocol(protocol)]
+    except ValueError:
+        raise ValueError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}") from None
 
 
 def error_body(message: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Protocol
 from steps.lifeline import die_with_parent
 from steps.serving.process import terminate_group
 
-log = logging.getLogger("serve")
+log = logging.getLogger(__name__)
 _POLL_S = 0.2
 
 

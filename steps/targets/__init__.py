@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from steps.errors import UserError
+from steps.serving.probe import ProbeResult
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,31 +28,6 @@ READY_TIMEOUT_S = 300.0  # how long a canary, or a restored production, may take
 # A first deployment's revision pulls the serving image, KServe's storage initializer and Knative's
 # queue-proxy on a cold node: it gets Knative's own progress deadline (600 s by default).
 FIRST_READY_TIMEOUT_S = 600.0
-
-
-@dataclass
-class ProbeResult:
-    requests: int
-    errors: int
-    correct: int
-    images: int
-    latencies_ms: list[float] = field(default_factory=list)
-    versions: dict[str, int] = field(default_factory=dict)  # the version each answer named -> answers
-    error_samples: list[str] = field(default_factory=list)
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 1.0
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.images if self.images else 0.0
-
-    @property
-    def p95_ms(self) -> float:
-        import numpy as np
-
-        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else float("inf")
 
 
 class Target(Protocol):

@@ -48,9 +48,9 @@ import numpy as np
 
 from steps.errors import UserError
 from steps.registry import MODEL_NAME
-from steps.serving.probe import probe_over_http
-from steps.serving.protocol import predict_path, ready_path
-from steps.targets import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES, ProbeResult
+from steps.serving.probe import ProbeResult, probe_over_http
+from steps.serving.protocol import CODECS, Protocol, ready_path
+from steps.targets import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class KServeTarget:
             log.error("%s", problem)
             return ProbeResult(requests=1, errors=1, correct=0, images=0, error_samples=[problem])
         assert url, "a canary without a URL is a problem above"
-        path = predict_path(self.isvc_name)
+        path = CODECS[Protocol.V1].predict_path(self.isvc_name)
         if self.probe_url:
             predict_url, headers = f"{self.probe_url}{path}", {"Host": urlsplit(url).netloc}
         else:

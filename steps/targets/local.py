@@ -9,9 +9,8 @@ import numpy as np
 
 from steps.errors import UserError
 from steps.registry import MODEL_NAME, Registry
-from steps.serving.probe import probe_over_http
-from steps.serving.protocol import ROUTE_HEADER, VERSION_HEADER, encode_request, predict_path, ready_path
-from steps.targets import ProbeResult
+from steps.serving.probe import ProbeResult, probe_over_http
+from steps.serving.protocol import CODECS, ROUTE_HEADER, VERSION_HEADER, Protocol, ready_path
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
@@ -28,7 +27,7 @@ class LocalTarget:
         self.registry = registry
         self.server_url = server_url.rstrip("/")
         self.poll_s = poll_s
-        self.predict_url = self.server_url + predict_path(MODEL_NAME)
+        self.predict_url = self.server_url + CODECS[Protocol.V1].predict_path(MODEL_NAME)
 
     def server_running(self) -> bool:
         import requests
@@ -44,7 +43,7 @@ class LocalTarget:
         try:
             response = requests.post(
                 self.predict_url,
-                json=encode_request("v1", np.zeros((1, 28, 28))),
+                json=CODECS[Protocol.V1].request(np.zeros((1, 28, 28))),
                 headers={ROUTE_HEADER: route},
                 timeout=5,
             )

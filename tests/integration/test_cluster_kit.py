@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO, SCHEMAS
 
 from workflows import render, templates, validate
-from workflows.payload import validate_payload
+from workflows.triggers.payload import validate_payload
 
 ARGO = REPO / "argo"
 SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))

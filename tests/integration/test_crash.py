@@ -27,8 +27,8 @@ from conftest import CLI, PROMOTED_PHASES, S3Server, free_port, seed_production,
 
 from steps.registry import Registry
 from steps.storage import Store, open_store
-from workflows.drops import prepare_manifest, upload_drop
 from workflows.engine.records import RECORD_FILE, read_record
+from workflows.triggers.drops import prepare_manifest, upload_drop
 
 KILLS = 8
 SEED = 20261205
@@ -37,6 +37,9 @@ TOKEN = "t0ken"
 POLICY = {"min_accuracy": "0.5", "min_class_recall": "0.0", "allow_equal": "true", "tolerance": "1"}
 QUICK = {"train_limit": "3000", "epochs": "1", **POLICY}
 MARK = "FASHION_PIPELINE_CRASH_TEST"  # in the environment of everything a test starts, inherited by all below
+
+# Every test here trains (kills runs mid-training, stops `up` mid-run).
+pytestmark = pytest.mark.slow
 
 
 def flags(values: dict[str, str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 A complete drop starts exactly one run, `drop-<drop_id>`, that trains on the dropped data; a drop
 without drop.json, with a corrupt file or an invalid drop.json, and a repeated notification start
-nothing and are reported. The Sensor (workflows/drop_events.py) submits the same arguments for the
+nothing and are reported. The Sensor (workflows/triggers/drop_sensor.py) submits the same arguments for the
 same drop, and its Lua filter accepts exactly the drops the watcher accepts.
 """
 
@@ -25,9 +25,13 @@ from lua_harness import LUA, lua_value, run_lua
 from steps.dataset import check_drop
 from steps.registry import Registry
 from steps.storage import Store, open_store
-from workflows import drop_events, drop_reconcile, pipeline, templates, trigger
+from workflows import pipeline, templates, trigger
 from workflows.arguments import ARGUMENTS, DEFAULT_S3_ENDPOINT, DEFAULT_STORE
-from workflows.drops import (
+from workflows.engine import RunQueue, workflow_parameters
+from workflows.pipeline import manifest
+from workflows.render import rendered
+from workflows.triggers import drop_reconcile, drop_sensor
+from workflows.triggers.drops import (
     DropLog,
     DropWatcher,
     Outcome,
@@ -36,10 +40,7 @@ from workflows.drops import (
     parse_manifest,
     validate_manifest,
 )
-from workflows.engine import RunQueue, workflow_parameters
-from workflows.payload import load_payload_schema, operator_arguments
-from workflows.pipeline import manifest
-from workflows.render import rendered
+from workflows.triggers.payload import load_payload_schema, operator_arguments
 from workflows.validate import lint_paths
 
 TEMPLATE_DEFAULTS = {argument.name: argument.argo_default for argument in ARGUMENTS}
@@ -236,7 +237,7 @@ def test_a_complete_drop_in_an_s3_store_starts_one_run_with_the_arguments_the_se
     # The MinIO notification of that very object, as the EventSource passes it to the Sensor.
     key = "incoming/s3-drop/drop.json"
     record = minio_record(bucket, key, metadata["fashion-drop"])
-    workflow = drop_events.drop_sensor_workflow(record, drop_events.sensor(f"s3://{bucket}"))
+    workflow = drop_sensor.drop_sensor_workflow(record, drop_sensor.sensor(f"s3://{bucket}"))
     arguments = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
 
     assert workflow["metadata"]["name"] == status["name"] == "drop-s3-drop"
@@ -361,7 +362,7 @@ def minio_record(
     """One MinIO event record (the notification's Records entry), user metadata named as MinIO names it."""
     metadata = {"content-type": "application/json"}
     if manifest_text is not None:
-        metadata[drop_events.metadata_header()] = manifest_text
+        metadata[drop_sensor.metadata_header()] = manifest_text
     return {
         "eventVersion": "2.0",
         "eventSource": "minio:s3",
@@ -376,7 +377,7 @@ def minio_record(
 
 
 def lua_accepts(records: list[dict[str, Any]], store_uri: str = DEFAULT_STORE) -> list[bool]:
-    script = drop_events.lua_filter(store_uri=store_uri)
+    script = drop_sensor.lua_filter(store_uri=store_uri)
     cases = ",\n".join(lua_value({"notification": [record], "metadata": None}) for record in records)
     program = (
         f"local function filter()\n{script}end\n"
@@ -389,7 +390,7 @@ def lua_accepts(records: list[dict[str, Any]], store_uri: str = DEFAULT_STORE) -
 def _python_accepts(record: dict[str, Any], bucket: str = "fashion-pipeline") -> bool:
     """What the watcher accepts for the same object (its data aside): the manifest, its folder, the event."""
     obj = record["s3"]["object"]
-    text = obj["userMetadata"].get(drop_events.metadata_header())
+    text = obj["userMetadata"].get(drop_sensor.metadata_header())
     parts = obj["key"].split("/")
     if (
         text is None
@@ -456,7 +457,7 @@ def test_the_sensor_filter_accepts_exactly_the_drops_the_watcher_accepts() -> No
 
 def test_the_sensor_names_the_run_by_the_drop_and_fills_in_its_defaults() -> None:
     record = minio_record("fashion-pipeline", KEY, MANIFEST_TEXTS[0])
-    workflow = drop_events.drop_sensor_workflow(record)
+    workflow = drop_sensor.drop_sensor_workflow(record)
     arguments = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
 
     assert workflow["metadata"]["name"] == "drop-d1"
@@ -469,7 +470,7 @@ def test_the_sensor_names_the_run_by_the_drop_and_fills_in_its_defaults() -> Non
         trigger.summary("drop", "sensor/fashion-drops", payload=json.loads(MANIFEST_TEXTS[0]), object=KEY)
     )
     # numbers as the steps parse them (gjson), whatever their JSON spelling
-    spelled = drop_events.drop_sensor_workflow(minio_record("fashion-pipeline", KEY, MANIFEST_TEXTS[2]))
+    spelled = drop_sensor.drop_sensor_workflow(minio_record("fashion-pipeline", KEY, MANIFEST_TEXTS[2]))
     assert {p["name"]: p["value"] for p in spelled["spec"]["arguments"]["parameters"]}["epochs"] == "8"
     # dest indexes by position: the arguments keep the template's order, policy left to the template
     order = [argument.name for argument in ARGUMENTS]
@@ -478,7 +479,7 @@ def test_the_sensor_names_the_run_by_the_drop_and_fills_in_its_defaults() -> Non
 
 
 def test_the_event_source_listens_for_drop_manifests_in_the_store_bucket_with_its_credentials() -> None:
-    source = drop_events.event_source()["spec"]["minio"]["drop"]
+    source = drop_sensor.event_source()["spec"]["minio"]["drop"]
     store = DEFAULT_STORE.removeprefix("s3://")
 
     assert source["bucket"] == {"name": store}
@@ -492,8 +493,8 @@ def test_the_event_source_listens_for_drop_manifests_in_the_store_bucket_with_it
 def test_the_drop_sensor_and_event_source_run_under_their_own_least_privilege_accounts() -> None:
     documents = [doc for doc in yaml.safe_load_all((REPO / "argo" / "rbac.yaml").read_text()) if doc]
     find = {(d["kind"], d["metadata"]["name"]): d for d in documents}
-    sensor_account = drop_events.sensor()["spec"]["template"]["serviceAccountName"]
-    source_account = drop_events.event_source()["spec"]["template"]["serviceAccountName"]
+    sensor_account = drop_sensor.sensor()["spec"]["template"]["serviceAccountName"]
+    source_account = drop_sensor.event_source()["spec"]["template"]["serviceAccountName"]
     [binding] = [d for d in documents if d["kind"] == "RoleBinding" and d["subjects"][0]["name"] == sensor_account]
     rules = find[("Role", binding["roleRef"]["name"])]["rules"]
 
@@ -556,8 +557,8 @@ def test_the_reconciler_submits_each_drop_no_sensor_started_once_with_the_sensor
         kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig", pipeline.NAMESPACE)
         # The Sensor saw "seen": the Workflow it created, through the API as Argo Events does.
         seen_metadata = store.user_metadata("incoming/seen/drop.json")["fashion-drop"]
-        sensor_workflow = drop_events.drop_sensor_workflow(
-            minio_record(bucket, "incoming/seen/drop.json", seen_metadata), drop_events.sensor(store_uri)
+        sensor_workflow = drop_sensor.drop_sensor_workflow(
+            minio_record(bucket, "incoming/seen/drop.json", seen_metadata), drop_sensor.sensor(store_uri)
         )
         api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
         api.create_namespaced_custom_object("argoproj.io", "v1alpha1", pipeline.NAMESPACE, "workflows", sensor_workflow)
@@ -586,8 +587,8 @@ def test_the_reconciler_submits_each_drop_no_sensor_started_once_with_the_sensor
 
     # What the reconciler created is what the Sensor would have created for that drop, but for who started it.
     missed_metadata = store.user_metadata("incoming/missed/drop.json")["fashion-drop"]
-    as_sensor = drop_events.drop_sensor_workflow(
-        minio_record(bucket, "incoming/missed/drop.json", missed_metadata), drop_events.sensor(store_uri)
+    as_sensor = drop_sensor.drop_sensor_workflow(
+        minio_record(bucket, "incoming/missed/drop.json", missed_metadata), drop_sensor.sensor(store_uri)
     )
     mine = {p["name"]: p["value"] for p in submitted["spec"]["arguments"]["parameters"]}
     theirs = {p["name"]: p["value"] for p in as_sensor["spec"]["arguments"]["parameters"]}

@@ -28,6 +28,9 @@ TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LONG_TRAINING = {"train_limit": 3000, "train_budget_s": 3000}  # far longer than any test waits for it
 
+# Every test here trains (kills runs mid-training, stops `up` mid-run).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory, real_mirror: Path) -> Path:

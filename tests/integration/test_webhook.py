@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,12 +21,13 @@ from conftest import CLI
 
 from steps.registry import Registry
 from steps.storage import open_store
-from workflows import cli, schedule, trigger
+from workflows import cli, trigger
 from workflows.engine import RunQueue, workflow_parameters
-from workflows.payload import DEFAULT_DATA_URL_PREFIXES, operator_arguments
 from workflows.pipeline import manifest
-from workflows.platform import Scheduler
-from workflows.webhook import EventLog, WebhookServer
+from workflows.triggers import schedule
+from workflows.triggers.payload import DEFAULT_DATA_URL_PREFIXES, operator_arguments
+from workflows.triggers.schedule import Scheduler
+from workflows.triggers.webhook import EventLog, WebhookServer
 
 TOKEN = "s3cret-token-for-tests"
 QUICK = {"train_limit": 2000, "epochs": 1}
@@ -224,7 +224,7 @@ def test_operator_parameters_apply_to_webhook_and_scheduled_runs_of_up(
     server.start()
     try:
         # The tick first: with a run waiting, a tick is skipped (concurrencyPolicy Forbid).
-        Scheduler(runs, ["0 2 * * *"], "Etc/UTC", threading.Event()).fire(datetime(2026, 11, 28, 2, 0))
+        Scheduler(runs, ["0 2 * * *"], "Etc/UTC").fire(datetime(2026, 11, 28, 2, 0))
         response = requests.post(
             f"http://127.0.0.1:{server.port}/retrain",
             json={"event_id": "up-2", "epochs": 3},

@@ -14,11 +14,12 @@ from steps.gate import POLICY_FIELDS, GatePolicy
 from steps.parameters import Spec, specs
 from steps.rollout import RolloutPolicy
 from steps.train import TrainParams
-from workflows import arguments, drops, payload
+from workflows import arguments
 from workflows.arguments import Argument, step_arguments
 from workflows.cli import app
 from workflows.pipeline import manifest
 from workflows.render import render, stale
+from workflows.triggers import drops, payload
 
 STEPS = ("fetch", "train", "gate", "rollout")
 # The command-line defaults that are the laptop's, not the cluster's.

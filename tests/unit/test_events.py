@@ -18,9 +18,11 @@ from steps.errors import UserError
 from steps.gate import POLICY_FIELDS
 from steps.model import ARCHITECTURES, AUTO
 from steps.train import PRECISIONS
-from workflows import events, pipeline, trigger
+from workflows import pipeline, trigger
 from workflows.arguments import ARGUMENTS
-from workflows.payload import (
+from workflows.render import rendered
+from workflows.triggers import webhook_sensor
+from workflows.triggers.payload import (
     DEFAULT_DATA_URL_PREFIXES,
     check_data_url_prefixes,
     data_url_problem,
@@ -29,7 +31,6 @@ from workflows.payload import (
     payload_to_parameters,
     validate_payload,
 )
-from workflows.render import rendered
 from workflows.validate import lint_paths
 
 TEMPLATE_DEFAULTS = {argument.name: argument.argo_default for argument in ARGUMENTS}
@@ -118,7 +119,7 @@ def _trigger(workflow: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("payload", VALID, ids=["minimal", "every-field", "number-forms"])
 def test_sensor_submits_the_arguments_the_local_receiver_runs_with(payload: dict[str, Any]) -> None:
     assert validate_payload(payload) == []
-    workflow = events.sensor_workflow(payload)
+    workflow = webhook_sensor.sensor_workflow(payload)
     # Argo merges the Workflow's arguments with the template's by name: what is not set keeps its default.
     effective = {**TEMPLATE_DEFAULTS, **_arguments(workflow)}
 
@@ -129,8 +130,8 @@ def test_sensor_submits_the_arguments_the_local_receiver_runs_with(payload: dict
 
 
 def test_sensor_sets_no_policy_so_the_workflow_template_decides_it() -> None:
-    workflow = events.sensor_workflow(EVERY_FIELD)
-    parameters = events.sensor()["spec"]["triggers"][0]["template"]["argoWorkflow"]["parameters"]
+    workflow = webhook_sensor.sensor_workflow(EVERY_FIELD)
+    parameters = webhook_sensor.sensor()["spec"]["triggers"][0]["template"]["argoWorkflow"]["parameters"]
     payload_fields = set(load_payload_schema()["properties"]) - {"event_id"}
 
     assert set(_arguments(workflow)) == payload_fields | {"trigger"}
@@ -144,14 +145,14 @@ def test_sensor_sets_no_policy_so_the_workflow_template_decides_it() -> None:
 def test_a_payload_smuggling_policy_into_the_sensor_is_dropped_by_its_filter() -> None:
     """Were the filter bypassed, the policy fields still reach no argument: the Sensor does not map them."""
     smuggled = {**EVERY_FIELD, **WEAKENED_GATE}
-    arguments = _arguments(events.sensor_workflow(smuggled))
+    arguments = _arguments(webhook_sensor.sensor_workflow(smuggled))
 
     assert not set(arguments) & set(WEAKENED_GATE)
-    assert _trigger(events.sensor_workflow(smuggled))["payload"] == smuggled  # and the attempt is on record
+    assert _trigger(webhook_sensor.sensor_workflow(smuggled))["payload"] == smuggled  # and the attempt is on record
 
 
 def test_numbers_reach_the_workflow_as_the_steps_parse_them() -> None:
-    arguments = _arguments(events.sensor_workflow(NUMBER_FORMS))
+    arguments = _arguments(webhook_sensor.sensor_workflow(NUMBER_FORMS))
 
     assert arguments["epochs"] == "8"  # int("8.0") would fail in the train step
     assert arguments["learning_rate"] == "0.00001"
@@ -159,13 +160,13 @@ def test_numbers_reach_the_workflow_as_the_steps_parse_them() -> None:
 
 
 def test_webhook_runs_say_why_they_ran() -> None:
-    assert _arguments(events.sensor_workflow(MINIMAL))["reason"] == "webhook retrain"
-    assert _arguments(events.sensor_workflow(EVERY_FIELD))["reason"] == EVERY_FIELD["reason"]
+    assert _arguments(webhook_sensor.sensor_workflow(MINIMAL))["reason"] == "webhook retrain"
+    assert _arguments(webhook_sensor.sensor_workflow(EVERY_FIELD))["reason"] == EVERY_FIELD["reason"]
 
 
 def test_redelivered_event_gets_the_same_workflow_name() -> None:
-    first = events.sensor_workflow({"event_id": "drop-7", "epochs": 2})
-    again = events.sensor_workflow({"event_id": "drop-7", "epochs": 2})
+    first = webhook_sensor.sensor_workflow({"event_id": "drop-7", "epochs": 2})
+    again = webhook_sensor.sensor_workflow({"event_id": "drop-7", "epochs": 2})
 
     assert first["metadata"]["name"] == again["metadata"]["name"] == "retrain-drop-7"
     assert "generateName" not in first["metadata"]
@@ -173,7 +174,7 @@ def test_redelivered_event_gets_the_same_workflow_name() -> None:
 
 def test_sensor_cannot_submit_a_workflow_without_an_event_id() -> None:
     with pytest.raises(ValueError, match="event_id"):
-        events.sensor_workflow({"epochs": 2})
+        webhook_sensor.sensor_workflow({"epochs": 2})
 
 
 @pytest.mark.parametrize(("payload", "field"), INVALID, ids=[f"{f}-{i}" for i, (_, f) in enumerate(INVALID)])
@@ -266,7 +267,7 @@ def test_template_defaults_keep_the_contract() -> None:
 
 
 def _sensor() -> dict[str, Any]:
-    return events.sensor()
+    return webhook_sensor.sensor()
 
 
 def test_sensor_filters_check_the_event_id() -> None:
@@ -276,8 +277,8 @@ def test_sensor_filters_check_the_event_id() -> None:
 
     assert {"path": "body.event_id", "type": "string", "value": [pattern]} in data
     assert 'body["event_id"]' in dependency["filters"]["script"]
-    assert dependency["eventSourceName"] == events.EVENT_SOURCE
-    assert dependency["eventName"] in events.event_source()["spec"]["webhook"]
+    assert dependency["eventSourceName"] == webhook_sensor.EVENT_SOURCE
+    assert dependency["eventName"] in webhook_sensor.event_source()["spec"]["webhook"]
 
 
 def test_sensor_runs_under_its_own_service_account_with_a_rate_limit() -> None:
@@ -289,7 +290,7 @@ def test_sensor_runs_under_its_own_service_account_with_a_rate_limit() -> None:
 
 
 def test_webhook_needs_a_bearer_token_and_caps_the_payload() -> None:
-    webhook = events.event_source()["spec"]["webhook"]["retrain"]
+    webhook = webhook_sensor.event_source()["spec"]["webhook"]["retrain"]
 
     assert webhook["authSecret"] == {"name": "fashion-pipeline-webhook", "key": "token"}
     assert (webhook["port"], webhook["endpoint"], webhook["method"]) == ("12000", "/retrain", "POST")
@@ -299,7 +300,7 @@ def test_webhook_needs_a_bearer_token_and_caps_the_payload() -> None:
 def test_event_bus_pins_a_jetstream_version_the_pinned_argo_events_release_offers() -> None:
     offered = yaml.safe_load((REPO / "tests" / "upstream" / "argo-events-v1.9.11-jetstream.yaml").read_text())
     cluster_up = (REPO / "scripts" / "cluster-up.sh").read_text()
-    version = events.event_bus()["spec"]["jetstream"]["version"]
+    version = webhook_sensor.event_bus()["spec"]["jetstream"]["version"]
 
     assert f"ARGO_EVENTS_VERSION={offered['argoEvents']}" in cluster_up  # the list is the installed release's
     assert version in {entry["version"] for entry in offered["versions"]}
@@ -315,7 +316,7 @@ needs_lua = pytest.mark.skipif(
 
 def _lua_filter_accepts(bodies: list[Any]) -> list[bool]:
     assert LUA is not None, "CI needs lua5.1 (apt-get install lua5.1)"
-    script = events.lua_filter(load_payload_schema())
+    script = webhook_sensor.lua_filter(load_payload_schema())
     cases = ",\n".join(f"{{header = {{}}, body = {lua_value(body)}}}" for body in bodies)
     program = (
         f"local function filter()\n{script}end\n"
@@ -370,24 +371,25 @@ def test_lua_data_url_check_matches_the_receivers(prefixes: tuple[str, ...]) -> 
         "https://h/%2e",
         "https://h/é/",
     ]
-    condition = events.lua_data_url_conditions(prefixes)
+    condition = webhook_sensor.lua_data_url_conditions(prefixes)
     program = "".join(
-        f"do local v = {events.lua_string(s)}; print(tostring(({condition}) == true)) end\n" for s in samples
+        f"do local v = {webhook_sensor.lua_string(s)}; print(tostring(({condition}) == true)) end\n" for s in samples
     )
 
     assert run_lua(program) == [data_url_problem(s, prefixes) is None for s in samples]
 
 
 @needs_lua
-@pytest.mark.parametrize("pattern", sorted(events.LUA_PATTERNS))
+@pytest.mark.parametrize("pattern", sorted(webhook_sensor.LUA_PATTERNS))
 def test_lua_twin_of_each_pattern_matches_what_go_matches(pattern: str) -> None:
     samples = ["a", "ab", "a-b", "-a", "a-", "A", "a_b", "a" * 42, "a" * 43, "a\n", "", "\n"]
     samples += ["s3://b/k", "https://h/p", "http://h", "file:///x", "ftp://h", "s3://", "s3://a b", "https://x\n"]
     # Go's RE2 (the Sensor's data filter) anchors $ at the very end, unlike Python's re.
     go_like = re.compile(pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern)
-    lua_condition = events.LUA_PATTERNS[pattern]
+    lua_condition = webhook_sensor.LUA_PATTERNS[pattern]
     program = "".join(
-        f"do local v = {events.lua_string(s)}; print(tostring(({lua_condition}) == true)) end\n" for s in samples
+        f"do local v = {webhook_sensor.lua_string(s)}; print(tostring(({lua_condition}) == true)) end\n"
+        for s in samples
     )
     assert LUA is not None
     result = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=30, check=True)

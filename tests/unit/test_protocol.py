@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from steps.serving import protocol
-from steps.serving.protocol import BadRequest, BadResponse
+from steps.serving.protocol import CODECS, BadRequest, BadResponse, Protocol
+
+V1, V2 = CODECS[Protocol.V1], CODECS[Protocol.V2]
 
 
 def wire(body: Any) -> Any:
@@ -29,16 +31,16 @@ def as_kserve_inputs(body: dict[str, Any]) -> list[SimpleNamespace]:
 
 def test_v1_request_round_trip() -> None:
     sent = images(3)
-    body = wire(protocol.encode_request("v1", sent))
+    body = wire(V1.request(sent))
     assert list(body) == ["instances"]
-    np.testing.assert_array_equal(protocol.decode_v1_request(body), sent)
+    np.testing.assert_array_equal(V1.images(body), sent)
 
 
 def test_v1_request_also_takes_flat_and_named_images() -> None:
     sent = images(2)
     sent[0, 0, :2] = 0, 255  # the whole pixel range
-    flat = protocol.decode_v1_request({"instances": sent.reshape(2, 784).tolist()})
-    named = protocol.decode_v1_request({"instances": [{"image": image.tolist()} for image in sent]})
+    flat = V1.images({"instances": sent.reshape(2, 784).tolist()})
+    named = V1.images({"instances": [{"image": image.tolist()} for image in sent]})
     np.testing.assert_array_equal(flat, sent)
     np.testing.assert_array_equal(named, sent)
     assert flat.dtype == np.float32
@@ -46,29 +48,29 @@ def test_v1_request_also_takes_flat_and_named_images() -> None:
 
 def test_v2_request_round_trip() -> None:
     sent = images(4)
-    body = wire(protocol.encode_request("v2", sent))
+    body = wire(V2.request(sent))
     (tensor,) = body["inputs"]
     assert body["id"] and tensor["name"] == "image" and tensor["datatype"] == "FP32"
     assert tensor["shape"] == [4, 28, 28] and len(tensor["data"]) == 4 * 784
-    np.testing.assert_array_equal(protocol.decode_v2_inputs(as_kserve_inputs(body)), sent)
+    np.testing.assert_array_equal(V2.images(as_kserve_inputs(body)), sent)
 
 
 def test_v1_response_round_trip_takes_the_version_from_the_header() -> None:
     probabilities = np.random.default_rng(0).dirichlet(np.ones(10), 3).astype(np.float32)
     class_ids = probabilities.argmax(axis=1).astype(np.int64)
-    body = wire(protocol.encode_v1_response(probabilities, class_ids))
+    body = wire(V1.respond(probabilities, class_ids))
     assert set(body["predictions"][0]) == {"probabilities", "class_id"}
-    answer = protocol.decode_response("v1", body, {protocol.VERSION_HEADER: "v-7"})
+    answer = V1.answer(body, {protocol.VERSION_HEADER: "v-7"})
     np.testing.assert_allclose(answer.probabilities, probabilities, rtol=1e-6)
     np.testing.assert_array_equal(answer.class_ids, class_ids)
     assert answer.version == "v-7"
-    assert protocol.decode_response("v1", body, {}).version is None  # TF Serving names no version
+    assert V1.answer(body, {}).version is None  # TF Serving names no version
 
 
 def test_v2_response_round_trip_as_kserve_encodes_the_outputs() -> None:
     probabilities = np.random.default_rng(1).dirichlet(np.ones(10), 2).astype(np.float32)
     class_ids = probabilities.argmax(axis=1).astype(np.int64)
-    outputs = protocol.v2_outputs(probabilities, class_ids)
+    outputs = V2.respond(probabilities, class_ids)
     assert [(t.name, t.shape, t.datatype) for t in outputs] == [
         ("probabilities", [2, 10], "FP32"),
         ("class_id", [2], "INT64"),
@@ -84,11 +86,11 @@ def test_v2_response_round_trip_as_kserve_encodes_the_outputs() -> None:
             ],
         }
     )
-    answer = protocol.decode_response("v2", body, {})
+    answer = V2.answer(body, {})
     np.testing.assert_allclose(answer.probabilities, probabilities, rtol=1e-6)
     np.testing.assert_array_equal(answer.class_ids, class_ids)
     assert answer.version == "v-body"
-    assert protocol.decode_response("v2", body, {protocol.VERSION_HEADER: "v-header"}).version == "v-header"
+    assert V2.answer(body, {protocol.VERSION_HEADER: "v-header"}).version == "v-header"
 
 
 BAD_V1: dict[str, tuple[Any, str]] = {
@@ -118,19 +120,19 @@ BAD_V1: dict[str, tuple[Any, str]] = {
 def test_a_bad_v1_body_is_refused_saying_what_is_wrong(case: str) -> None:
     body, message = BAD_V1[case]
     with pytest.raises(BadRequest) as refused:
-        protocol.decode_v1_request(body)
+        V1.images(body)
     assert message in str(refused.value)
 
 
 def test_a_bad_v2_request_is_refused_saying_what_is_wrong() -> None:
-    two = wire(protocol.encode_request("v2", images(1)))
+    two = wire(V2.request(images(1)))
     two["inputs"] *= 2
     with pytest.raises(BadRequest, match="exactly one input tensor"):
-        protocol.decode_v2_inputs(as_kserve_inputs(two))
-    short = wire(protocol.encode_request("v2", images(2)))
+        V2.images(as_kserve_inputs(two))
+    short = wire(V2.request(images(2)))
     short["inputs"][0]["data"] = short["inputs"][0]["data"][:784]
     with pytest.raises(BadRequest, match=r"data holds 784 values but shape \[2, 28, 28\] needs 1568"):
-        protocol.decode_v2_inputs(as_kserve_inputs(short))
+        V2.images(as_kserve_inputs(short))
 
 
 @pytest.mark.parametrize(
@@ -145,7 +147,7 @@ def test_a_bad_v2_request_is_refused_saying_what_is_wrong() -> None:
 )
 def test_an_answer_that_is_not_predictions_is_a_bad_response(protocol_name: str, body: Any) -> None:
     with pytest.raises(BadResponse, match=f"not a {protocol_name} prediction answer|probability rows"):
-        protocol.decode_response(protocol_name, body, {})
+        protocol.codec(protocol_name).answer(body, {})
 
 
 def test_error_bodies_carry_the_message_and_plain_text_passes_through() -> None:
@@ -157,8 +159,8 @@ def test_error_bodies_carry_the_message_and_plain_text_passes_through() -> None:
 
 
 def test_paths_and_header_names_are_the_ones_clients_and_kserve_use() -> None:
-    assert protocol.predict_path("fashion-mnist") == "/v1/models/fashion-mnist:predict"
-    assert protocol.predict_path("fashion-mnist", "v2") == "/v2/models/fashion-mnist/infer"
+    assert V1.predict_path("fashion-mnist") == "/v1/models/fashion-mnist:predict"
+    assert V2.predict_path("fashion-mnist") == "/v2/models/fashion-mnist/infer"
     assert protocol.ready_path("fashion-mnist") == "/v2/models/fashion-mnist/ready"
     assert (protocol.VERSION_HEADER, protocol.ROLE_HEADER, protocol.ROUTE_HEADER) == (
         "X-Model-Version",
@@ -166,3 +168,28 @@ def test_paths_and_header_names_are_the_ones_clients_and_kserve_use() -> None:
         "X-Model-Route",
     )
     assert protocol.PROTOCOLS == ("v1", "v2")
+
+
+@pytest.mark.parametrize("codec", list(CODECS.values()), ids=[str(p) for p in CODECS])
+def test_each_codec_round_trips_at_the_bytes_level(codec: protocol.Codec) -> None:
+    """What a client puts on the wire the server side reads back, and its answer bytes decode to the same."""
+    sent = images(3)
+    on_wire = codec.to_bytes(sent)
+    assert isinstance(on_wire, bytes)
+    request = json.loads(on_wire)
+    received = codec.images(as_kserve_inputs(request) if codec.protocol is Protocol.V2 else request)
+    np.testing.assert_array_equal(received, sent)
+    probabilities = np.random.default_rng(2).dirichlet(np.ones(10), 3).astype(np.float32)
+    answered = codec.respond(probabilities, probabilities.argmax(axis=1))
+    if codec.protocol is Protocol.V2:  # KServe encodes the tensors
+        answered = {"outputs": [{"name": t.name, "data": t.data.ravel().tolist()} for t in answered]}
+    answer = codec.from_bytes(json.dumps(answered).encode(), {protocol.VERSION_HEADER: "v-1"})
+    np.testing.assert_allclose(answer.probabilities, probabilities, rtol=1e-6)
+    assert answer.version == "v-1"
+    with pytest.raises(BadResponse, match=f"not a {codec.protocol} prediction answer"):
+        codec.from_bytes(b"<html>502</html>", {})
+
+
+def test_an_unknown_protocol_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown protocol 'v3': choose one of v1, v2"):
+        protocol.codec("v3")

@@ -231,7 +231,7 @@ def test_tensorflows_native_import_lines_are_dropped_and_everything_else_kept(tm
 
 
 def test_the_nightly_cronworkflow_trains_with_the_quality_budget() -> None:
-    from workflows import schedule
+    from workflows.triggers import schedule
 
     arguments = schedule.manifest()["spec"]["workflowSpec"]["arguments"]["parameters"]
     passed = {argument["name"]: argument["value"] for argument in arguments}

@@ -35,7 +35,7 @@ WORKFLOW_ENV = "FASHION_PIPELINE_WORKFLOW"
 # On a laptop the rollout goes to the local model server (the workflow's default is KServe).
 EMBEDDED_TARGET = "local"
 
-log = logging.getLogger("fashion_pipeline")
+log = logging.getLogger(__name__)
 
 
 class YesNo(StrEnum):

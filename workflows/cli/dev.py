@@ -139,9 +139,9 @@ def render(
     out: Annotated[Path, typer.Option(help="The manifests directory.")] = Path("argo"),
 ) -> None:
     """Compile the Hera workflows into argo/ (deterministic YAML), and the retrain payload's schema."""
-    from workflows.payload import SCHEMA_PATH
     from workflows.render import render as write
     from workflows.render import stale
+    from workflows.triggers.payload import SCHEMA_PATH
 
     if check:
         outdated = stale(out)

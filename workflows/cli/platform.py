@@ -72,9 +72,9 @@ def receiver(
     """The webhook server and the run queue it feeds (not started); what a crash left is removed first."""
     from workflows.engine import RunQueue, workflow_parameters
     from workflows.engine.orphans import sweep
-    from workflows.payload import DEFAULT_DATA_URL_PREFIXES, check_data_url_prefixes
     from workflows.pipeline import manifest
-    from workflows.webhook import EventLog, WebhookServer
+    from workflows.triggers.payload import DEFAULT_DATA_URL_PREFIXES, check_data_url_prefixes
+    from workflows.triggers.webhook import EventLog, WebhookServer
 
     operator = parse_parameters(parameter)
     sweep()
@@ -173,15 +173,20 @@ def up(
     retry_interrupted: RetryInterruptedOption = False,
 ) -> None:
     """The embedded platform: model server, retrain webhook, data drops and the nightly schedule, until Ctrl-C."""
-    from workflows.drops import DropWatcher
     from workflows.platform import up as run_platform
     from workflows.shutdown import Shutdown
+    from workflows.triggers.base import LocalTrigger
+    from workflows.triggers.drops import DropWatcher
+    from workflows.triggers.schedule import Scheduler
 
     shutdown = Shutdown("fashion-pipeline up").install()
     server, runs = receiver(host, webhook_port, token_file, runs_dir, parameter, allow_data_url, "fashion-pipeline up")
-    drops = DropWatcher(open_store(), runs, drop_poll) if drop_poll > 0 else None
+    triggers: list[LocalTrigger] = [server]
+    if drop_poll > 0:
+        triggers.append(DropWatcher(open_store(), runs, drop_poll))
+    triggers.append(Scheduler(runs))
     retry_cut_short(runs, retry_interrupted)
-    _stopped(shutdown, run_platform(open_registry(), host, port, server, runs, shutdown, drops))
+    _stopped(shutdown, run_platform(open_registry(), host, port, triggers, runs, shutdown))
 
 
 @app.command(rich_help_panel=PANEL)
@@ -200,7 +205,7 @@ def drop(
 
     `up` (or, on a cluster, the Sensor fashion-drops) starts one run, drop-<id>, per drop.
     """
-    from workflows.drops import prepare_manifest, run_name, upload_drop
+    from workflows.triggers.drops import prepare_manifest, run_name, upload_drop
 
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory: give the folder holding the drop's *-ubyte.gz files")
@@ -223,7 +228,7 @@ def reconcile_drops(
     late, and none twice. Uses KUBECONFIG, else the pod's service account.
     """
     from steps.targets.kserve import api_client
-    from workflows.drop_reconcile import DropReconciler, current_namespace
+    from workflows.triggers.drop_reconcile import DropReconciler, current_namespace
 
     reconciler = DropReconciler(open_store(), api_client(), namespace or current_namespace())
     outcomes = reconciler.scan()

@@ -77,7 +77,7 @@ def predict(
     from steps.serving.client import PredictionClient, load_image
 
     batch = np.stack([load_image(path) for path in images])
-    client = PredictionClient(url, protocol=protocol, timeout=timeout, host_header=host_header)
+    client = PredictionClient(url, protocol=protocol, timeout_s=timeout, host_header=host_header)
     predictions = client.predict(batch)
     width = max(len(str(path)) for path in images)
     typer.echo(f"{'image':<{width}}  {'class':<12} {'probability':>11}  version")

@@ -18,7 +18,7 @@ import subprocess
 
 from steps.lifeline import Owner
 
-log = logging.getLogger("engine")
+log = logging.getLogger(__name__)
 
 OWNER_ENV, RUN_ENV = "FASHION_PIPELINE_OWNER", "FASHION_PIPELINE_RUN"
 OWNER_LABEL, RUN_LABEL = "fashion-pipeline.owner", "fashion-pipeline.run"

@@ -135,10 +135,10 @@ class RunQueue:
                     self._pending.pop(job.name, None)
                     self._engine = None
 
-    def close(self, reason: str = "the local platform is shutting down", timeout: float = 120) -> bool:
+    def close(self, reason: str = "the local platform is shutting down", timeout_s: float = 120) -> bool:
         """Stop the running workflow (its exit handler still runs) and the worker; start nothing more.
 
-        True if the worker ended within `timeout`. Queued runs are dropped here: their events are
+        True if the worker ended within `timeout_s`. Queued runs are dropped here: their events are
         still in the event log, and the next start queues them again.
         """
         with self._lock:
@@ -149,7 +149,7 @@ class RunQueue:
             log.info("stopping %s: %s", engine.run.name, reason)
             engine.stop(reason)
         self._jobs.put(None)
-        self._worker.join(timeout)
+        self._worker.join(timeout_s)
         return not self._worker.is_alive()
 
     def terminate(self, reason: str) -> None:

@@ -19,8 +19,9 @@ import numpy as np
 
 from workflows import arguments, pipeline, trigger
 from workflows.arguments import argo_string
-from workflows.drops import CREATED_PATTERN
-from workflows.payload import (
+from workflows.triggers.base import EVENT_BUS, LABELS, metadata, submit_sensor
+from workflows.triggers.drops import CREATED_PATTERN
+from workflows.triggers.payload import (
     DATA_URL,
     DEFAULT_DATA_URL_PREFIXES,
     EVENT_ID,
@@ -28,7 +29,6 @@ from workflows.payload import (
 )
 
 NAMESPACE = pipeline.NAMESPACE
-EVENT_BUS = "default"
 # One of the versions Argo Events v1.9.11's controller config offers (tests/upstream/ keeps that list):
 # an EventBus asking for any other never deploys. Pinned, not `latest`, which moves with the release.
 JETSTREAM_VERSION = "2.10.29"
@@ -47,12 +47,6 @@ EVENT_SOURCE_SERVICE_ACCOUNT = "fashion-pipeline-eventsource"
 DEPENDENCY = "retrain"
 TRIGGER = "retrain"
 WORKFLOW_NAME_PREFIX = "retrain-"
-RATE_LIMIT = {"unit": "Minute", "requestsPerUnit": 10}
-LABELS = {"app.kubernetes.io/name": "fashion-pipeline", "app.kubernetes.io/part-of": "fashion-pipeline"}
-
-
-def _metadata(name: str) -> dict[str, Any]:
-    return {"name": name, "namespace": NAMESPACE, "labels": dict(LABELS)}
 
 
 def event_bus() -> dict[str, Any]:
@@ -60,7 +54,7 @@ def event_bus() -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "EventBus",
-        "metadata": _metadata(EVENT_BUS),
+        "metadata": metadata(EVENT_BUS),
         "spec": {"jetstream": {"version": JETSTREAM_VERSION}},
     }
 
@@ -70,7 +64,7 @@ def event_source() -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "EventSource",
-        "metadata": _metadata(EVENT_SOURCE),
+        "metadata": metadata(EVENT_SOURCE),
         "spec": {
             "eventBusName": EVENT_BUS,
             "template": {"serviceAccountName": EVENT_SOURCE_SERVICE_ACCOUNT},
@@ -91,40 +85,15 @@ def event_source() -> dict[str, Any]:
 def sensor() -> dict[str, Any]:
     """Submit `retrain-<event_id>` from the WorkflowTemplate for each payload that keeps the contract."""
     schema = load_payload_schema()
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Sensor",
-        "metadata": _metadata(SENSOR),
-        "spec": {
-            "eventBusName": EVENT_BUS,
-            "template": {"serviceAccountName": SENSOR_SERVICE_ACCOUNT},
-            "dependencies": [
-                {
-                    "name": DEPENDENCY,
-                    "eventSourceName": EVENT_SOURCE,
-                    "eventName": EVENT_NAME,
-                    "filters": _filters(schema),
-                }
-            ],
-            "triggers": [
-                {
-                    "template": {
-                        "name": TRIGGER,
-                        "argoWorkflow": {
-                            "operation": "submit",
-                            "source": {"resource": retrain_workflow(schema)},
-                            "parameters": _parameters(schema),
-                        },
-                    },
-                    "rateLimit": dict(RATE_LIMIT),
-                    # At-least-once is safe here: the Workflow's name is fixed by the event id, so a
-                    # retried trigger meets AlreadyExists instead of starting a second retrain.
-                    "atLeastOnce": True,
-                    "retryStrategy": {"steps": 3, "duration": "10s", "factor": 2},
-                }
-            ],
-        },
+    dependency = {
+        "name": DEPENDENCY,
+        "eventSourceName": EVENT_SOURCE,
+        "eventName": EVENT_NAME,
+        "filters": _filters(schema),
     }
+    return submit_sensor(
+        SENSOR, SENSOR_SERVICE_ACCOUNT, dependency, TRIGGER, retrain_workflow(schema), _parameters(schema)
+    )
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -234,7 +203,7 @@ LUA_PATTERNS = {
         ' or v:find("^file://[^\\t\\n\\r ]+$") ~= nil)'
     ),
     "\\n": 'v:find("\\n", 1, true) ~= nil',
-    # A data drop's `created` (workflows/drops.py): Lua patterns have no alternation, hence four of them.
+    # A data drop's `created` (workflows/triggers/drops.py): Lua patterns have no alternation, hence four of them.
     CREATED_PATTERN: "("
     + " or ".join(
         f'v:find("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d{fraction}{zone}$") ~= nil'
@@ -333,7 +302,7 @@ def lua_data_url_conditions(prefixes: tuple[str, ...]) -> str:
 def lua_filter(schema: dict[str, Any], data_url_prefixes: tuple[str, ...] = DEFAULT_DATA_URL_PREFIXES) -> str:
     """A Lua script filter that is true exactly for the bodies `schema` and the allowlist accept (nulls aside)."""
     lines = [
-        "-- Generated from workflows/retrain-payload.schema.json by workflows/events.py.",
+        "-- Generated from workflows/triggers/retrain-payload.schema.json by workflows/triggers/webhook_sensor.py.",
         "local body = event.body",
         *lua_checks(schema, data_url_prefixes),
     ]

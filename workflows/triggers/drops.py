@@ -2,12 +2,12 @@
 
 A drop is a folder `incoming/<drop_id>/` in the store holding the four Fashion-MNIST IDX `.gz` files,
 then `drop.json`, written last: its arrival is the event. The manifest's contract is the retrain
-payload's (workflows/retrain-payload.schema.json) with `drop_id` and `created` instead of `event_id`,
+payload's (workflows/triggers/retrain-payload.schema.json) with `drop_id` and `created` instead of `event_id`,
 and no `data_url`: a drop's data is its own folder. So a drop decides exactly what a webhook event
 decides, and the same allowlist logic holds its folder to the store's own `incoming/`.
 
 On a cluster, MinIO notifies the `minio` EventSource and the Sensor submits `drop-<drop_id>`
-(workflows/drop_events.py). The Sensor only sees the notification, so `drop.json` carries its own
+(workflows/triggers/drop_sensor.py). The Sensor only sees the notification, so `drop.json` carries its own
 content as the user metadata `fashion-drop` too, which MinIO puts into the notification; `drop`
 (the uploader) writes both from the same bytes. Locally, `up` polls the store's `incoming/` and
 queues the same run, with the same arguments, through the run queue the webhook uses.
@@ -38,10 +38,10 @@ from steps.dataset import FILES, check_drop
 from steps.errors import UserError
 from steps.lineage import DROP_MANIFEST
 from steps.registry import utc_now
-from steps.storage import NotFound, ObjectExists, S3Store, Store
-from workflows.arguments import argo_string
+from steps.storage import NotFound, S3Store, Store
 from workflows.engine import RunQueue
-from workflows.payload import (
+from workflows.triggers.base import WriteOnceLog, event_arguments
+from workflows.triggers.payload import (
     DATA_URL,
     EVENT_ID,
     data_url_problem,
@@ -49,7 +49,7 @@ from workflows.payload import (
     violation_messages,
 )
 
-log = logging.getLogger("drops")
+log = logging.getLogger(__name__)
 
 INCOMING = "incoming"
 DROP_ID = "drop_id"
@@ -157,15 +157,7 @@ def validate_manifest(manifest: Any, folder: str | None = None) -> list[str]:
 
 def drop_parameters(manifest: Mapping[str, Any], data_url: str) -> dict[str, str]:
     """The workflow arguments a valid drop sets, as Argo strings: its folder as `data_url`, then its own fields."""
-    parameters = {DATA_URL: data_url}
-    for name, spec in _drop_schema()["properties"].items():
-        if name in (DROP_ID, CREATED):
-            continue
-        if name in manifest:
-            parameters[name] = argo_string(manifest[name])
-        elif "default" in spec:
-            parameters[name] = argo_string(spec["default"])
-    return parameters
+    return {DATA_URL: data_url, **event_arguments(manifest, _drop_schema()["properties"], skip=[DROP_ID, CREATED])}
 
 
 def metadata_value(manifest: Mapping[str, Any]) -> str:
@@ -195,44 +187,34 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-class DropLog:
-    """Write-once records in the store: the write is the dedup, so it holds across restarts and processes."""
+class DropLog(WriteOnceLog):
+    """Per drop: `run.json` once it started its run, `refused-<token>.json` per refused version of its drop.json."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        super().__init__(store, DROP_LOG)
 
     def accept(self, drop_id: str, record: dict[str, Any]) -> bool:
-        try:
-            self.store.write_json(f"{DROP_LOG}/{drop_id}/run.json", record)
-        except ObjectExists:
-            return False
-        return True
+        return self.write(f"{drop_id}/run.json", record)
 
     def accepted(self, drop_id: str) -> bool:
-        return self.store.exists(f"{DROP_LOG}/{drop_id}/run.json")
+        return self.exists(f"{drop_id}/run.json")
 
     def refuse(self, drop_id: str, version: str, record: dict[str, Any]) -> bool:
         """Record why this version of a drop.json was refused; False if it was reported before."""
-        token = hashlib.sha256(version.encode()).hexdigest()[:16]
-        try:
-            self.store.write_json(f"{DROP_LOG}/{drop_id}/refused-{token}.json", record)
-        except ObjectExists:
-            return False
-        return True
+        return self.write(f"{drop_id}/refused-{hashlib.sha256(version.encode()).hexdigest()[:16]}.json", record)
 
     def runs(self) -> list[dict[str, Any]]:
-        return [self.store.read_json(key) for key in self.store.list(DROP_LOG) if key.endswith("/run.json")]
+        return self.read_all(named="run.json")
 
     def refusals(self, drop_id: str) -> list[dict[str, Any]]:
-        keys = self.store.list(f"{DROP_LOG}/{drop_id}")
-        return [self.store.read_json(key) for key in keys if key.rpartition("/")[2].startswith("refused-")]
+        return self.read_all(under=drop_id, named="refused-")
 
 
 class DropScanner(ABC):
     """Finds drops in the store's `incoming/` and starts one run per complete, valid drop.
 
     What starts the run is the subclass's `_launch`: the run queue in `up` (DropWatcher), a Workflow
-    on a cluster (workflows/drop_reconcile.py). Everything else (the checks, the refusals, the
+    on a cluster (workflows/triggers/drop_reconcile.py). Everything else (the checks, the refusals, the
     write-once log) is this one code, so a drop means the same wherever it is noticed.
     `notify(key)` is one bucket notification for a drop.json (a scan that sees a new or rewritten
     drop.json notifies it); it is safe to call any number of times for the same object.
@@ -367,6 +349,9 @@ class DropWatcher(DropScanner):
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="drops", daemon=True)
+
+    def describe(self) -> str:
+        return f"data drops: watching {self.store.uri_of(INCOMING + '/')} every {self.poll_s:g} s"
 
     def start(self) -> None:
         self._thread.start()

@@ -3,7 +3,7 @@
 MinIO's bucket-notification stream has no replay. A `drop.json` written while MinIO or the `minio`
 EventSource restarts, or before the EventSource subscribed, reaches no Sensor and starts nothing.
 Every `SCHEDULE`, the CronWorkflow `NAME` runs `fashion-pipeline reconcile-drops`: the local
-watcher's scanner (workflows/drops.py: the same checks, refusals and write-once log) with a launcher
+watcher's scanner (workflows/triggers/drops.py: the same checks, refusals and write-once log) with a launcher
 that creates the Workflow the Sensor would have created, `drop-<drop_id>` from the WorkflowTemplate
 with the same arguments.
 
@@ -25,8 +25,9 @@ from hera.workflows import models as m
 
 from steps.errors import UserError
 from steps.storage import ObjectExists, Store
-from workflows import arguments, drop_events, pipeline, templates, trigger
-from workflows.drops import DropScanner
+from workflows import arguments, pipeline, templates, trigger
+from workflows.triggers import drop_sensor
+from workflows.triggers.drops import DropScanner
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ WORKFLOWS = ("argoproj.io", "v1alpha1", "workflows")
 
 
 def workflow_for(record: dict[str, Any], store_uri: str) -> dict[str, Any]:
-    """The Workflow the Sensor creates for this drop (drop_events.drop_workflow), via this CronWorkflow."""
-    workflow = drop_events.drop_workflow(store_uri)
+    """The Workflow the Sensor creates for this drop (drop_sensor.drop_workflow), via this CronWorkflow."""
+    workflow = drop_sensor.drop_workflow(store_uri)
     workflow["metadata"]["name"] = record["run"]
     values = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
     values.update(record["parameters"])
@@ -113,6 +114,17 @@ def _create_error(run: str, namespace: str, exc: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# In the full image: its Kubernetes client alone (126 MB installed) would take the slim image past its
+# budget (15% of the full one), and the nodes that train hold the full image anyway.
+STEP = templates.Step(
+    "reconcile-drops",
+    "reconcile-drops",
+    extra_args=("--namespace", "{{workflow.namespace}}"),
+    container={"retry_strategy": templates.NETWORK_RETRY},
+)
+SIZING = templates.Sizing("250m", "512Mi", 600)
+
+
 def build() -> CronWorkflow:
     cron = CronWorkflow(
         name=NAME,
@@ -146,7 +158,7 @@ def build() -> CronWorkflow:
             Parameter(name=trigger.ARGUMENT, value=trigger.summary("schedule", VIA)),
         ],
     )
-    cron.templates = [templates.reconcile_drops()]
+    cron.templates = [templates.container(STEP, SIZING)]
     return cron
 
 

@@ -3,7 +3,7 @@
 The schema is made from the workflow's arguments (workflows/arguments.py): a field for each one an
 event may set, with its type, bounds and description, plus `event_id`. `fashion-pipeline render`
 writes it to `SCHEMA_PATH` for whoever sends events (and `render --check` fails when that copy is
-stale); the local receiver validates with it, and the Sensor in workflows/events.py (filters and
+stale); the local receiver validates with it, and the Sensor in workflows/triggers/webhook_sensor.py (filters and
 parameters) is generated from it. An event decides only what the schema lists; every other workflow
 argument (the gate and rollout policy, the store, the target) is the operator's, and a payload naming
 one is refused with that said. An event's `data_url` must also start with one of the operator's
@@ -26,7 +26,8 @@ from jsonschema.exceptions import ValidationError
 
 from steps.errors import UserError
 from workflows import arguments
-from workflows.arguments import Argument, argo_string
+from workflows.arguments import Argument
+from workflows.triggers.base import event_arguments
 
 SCHEMA_PATH = Path(__file__).with_name("retrain-payload.schema.json")
 EVENT_ID = "event_id"
@@ -41,8 +42,9 @@ UNSAFE_URL = re.compile(r"/\.\.?(/|\Z)|%2e|\\", re.IGNORECASE)
 
 _DESCRIPTION = (
     "The body of POST /retrain: what an event may decide. The source of the Argo Events Sensor's filters and "
-    "parameters (workflows/events.py) and of the local receiver's checks (workflows/payload.py). Every field but "
-    "event_id is a workflow argument of fashion-mnist-train-deploy with the same name; a field that is absent "
+    "parameters (workflows/triggers/webhook_sensor.py) and of the local receiver's checks "
+    "(workflows/triggers/payload.py). Every field but event_id is a workflow argument of "
+    "fashion-mnist-train-deploy with the same name; a field that is absent "
     "keeps the WorkflowTemplate's default. The gate and rollout policy, the store and the rollout target are the "
     "operator's: a payload naming one is refused."
 )
@@ -210,12 +212,4 @@ def payload_to_parameters(
     problems = validate_payload(body, data_url_prefixes)
     if problems:
         raise UserError(f"invalid retrain payload: {'; '.join(problems)}")
-    parameters = {}
-    for name, spec in _schema()["properties"].items():
-        if name == EVENT_ID:
-            continue
-        if name in body:
-            parameters[name] = argo_string(body[name])
-        elif "default" in spec:
-            parameters[name] = argo_string(spec["default"])
-    return parameters
+    return event_arguments(body, _schema()["properties"], skip=[EVENT_ID])

@@ -7,7 +7,7 @@ notification as `{"notification": [<MinIO event record>], "metadata": ...}`.
 
 A Sensor sees only that record, not the object. MinIO copies the object's user metadata into it
 (`s3.object.userMetadata`, header names in Go's canonical form), so the uploader writes drop.json's
-content again as the metadata `fashion-drop` (workflows/drops.py). The Sensor's Lua filter decodes
+content again as the metadata `fashion-drop` (workflows/triggers/drops.py). The Sensor's Lua filter decodes
 it and checks the same contract as the local watcher, generated from the same schema, plus that the
 object is `incoming/<drop_id>/drop.json` of that very drop; the trigger submits `drop-<drop_id>` with
 the drop's folder as `data_url` and the drop's fields, read with gjson's `@fromstr`.
@@ -21,9 +21,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from steps.lineage import DROP_MANIFEST
-from workflows import arguments, events, pipeline, trigger
+from workflows import arguments, pipeline, trigger
 from workflows.arguments import DEFAULT_S3_ENDPOINT, DEFAULT_STORE, argo_string
-from workflows.drops import (
+from workflows.triggers import webhook_sensor
+from workflows.triggers.base import EVENT_BUS, LABELS, metadata, submit_sensor
+from workflows.triggers.drops import (
     CREATED,
     DROP_ID,
     INCOMING,
@@ -31,7 +33,7 @@ from workflows.drops import (
     RUN_PREFIX,
     load_drop_schema,
 )
-from workflows.payload import DATA_URL
+from workflows.triggers.payload import DATA_URL
 
 EVENT_SOURCE = "fashion-drops"
 EVENT_NAME = "drop"
@@ -45,7 +47,6 @@ SENSOR_SERVICE_ACCOUNT = "fashion-pipeline-drop-sensor"
 EVENTS = ["s3:ObjectCreated:*"]
 CREATED_EVENT_PREFIX = "s3:ObjectCreated:"
 TRIGGER_VIA = f"sensor/{SENSOR}"
-RATE_LIMIT = {"unit": "Minute", "requestsPerUnit": 10}
 
 
 def metadata_header(name: str = METADATA) -> str:
@@ -54,10 +55,6 @@ def metadata_header(name: str = METADATA) -> str:
 
 
 MANIFEST_PATH = f"notification.0.s3.object.userMetadata.{metadata_header()}"
-
-
-def _metadata(name: str) -> dict[str, Any]:
-    return {"name": name, "namespace": pipeline.NAMESPACE, "labels": dict(events.LABELS)}
 
 
 def _bucket_and_prefix(store_uri: str) -> tuple[str, str]:
@@ -76,9 +73,9 @@ def event_source(store_uri: str = DEFAULT_STORE, endpoint: str = DEFAULT_S3_ENDP
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "EventSource",
-        "metadata": _metadata(EVENT_SOURCE),
+        "metadata": metadata(EVENT_SOURCE),
         "spec": {
-            "eventBusName": events.EVENT_BUS,
+            "eventBusName": EVENT_BUS,
             "template": {"serviceAccountName": EVENT_SOURCE_SERVICE_ACCOUNT},
             "minio": {
                 EVENT_NAME: {
@@ -98,39 +95,10 @@ def event_source(store_uri: str = DEFAULT_STORE, endpoint: str = DEFAULT_S3_ENDP
 def sensor(store_uri: str = DEFAULT_STORE) -> dict[str, Any]:
     """Submit `drop-<drop_id>` from the WorkflowTemplate for each drop whose manifest keeps the contract."""
     schema = load_drop_schema()
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Sensor",
-        "metadata": _metadata(SENSOR),
-        "spec": {
-            "eventBusName": events.EVENT_BUS,
-            "template": {"serviceAccountName": SENSOR_SERVICE_ACCOUNT},
-            "dependencies": [
-                {
-                    "name": DEPENDENCY,
-                    "eventSourceName": EVENT_SOURCE,
-                    "eventName": EVENT_NAME,
-                    "filters": {"script": lua_filter(schema, store_uri)},
-                }
-            ],
-            "triggers": [
-                {
-                    "template": {
-                        "name": TRIGGER,
-                        "argoWorkflow": {
-                            "operation": "submit",
-                            "source": {"resource": drop_workflow(store_uri, schema)},
-                            "parameters": _parameters(store_uri, schema),
-                        },
-                    },
-                    "rateLimit": dict(RATE_LIMIT),
-                    # A redelivered notification or a re-uploaded drop.json meets AlreadyExists: one drop, one run.
-                    "atLeastOnce": True,
-                    "retryStrategy": {"steps": 3, "duration": "10s", "factor": 2},
-                }
-            ],
-        },
-    }
+    filters = {"script": lua_filter(schema, store_uri)}
+    dependency = {"name": DEPENDENCY, "eventSourceName": EVENT_SOURCE, "eventName": EVENT_NAME, "filters": filters}
+    workflow = drop_workflow(store_uri, schema)
+    return submit_sensor(SENSOR, SENSOR_SERVICE_ACCOUNT, dependency, TRIGGER, workflow, _parameters(store_uri, schema))
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -170,7 +138,7 @@ def drop_workflow(store_uri: str = DEFAULT_STORE, schema: dict[str, Any] | None 
         "metadata": {
             "name": RUN_PREFIX,  # completed by the drop's id (operation append); never submitted as is
             "namespace": pipeline.NAMESPACE,
-            "labels": {**events.LABELS, "fashion-pipeline/trigger": "drop"},
+            "labels": {**LABELS, "fashion-pipeline/trigger": "drop"},
         },
         "spec": {
             "workflowTemplateRef": {"name": pipeline.NAME},
@@ -183,12 +151,12 @@ def trigger_data_key() -> str:
     """The run's `trigger`: the same object as `trigger.summary("drop", VIA, payload=manifest, object=key)`."""
     return (
         f'{{"by":!"drop","via":!"{TRIGGER_VIA}","object":notification.0.s3.object.key,'
-        f'"payload":{MANIFEST_PATH}|{events.FROM_STRING}}}'
+        f'"payload":{MANIFEST_PATH}|{webhook_sensor.FROM_STRING}}}'
     )
 
 
 def _field(name: str) -> str:
-    return f"{MANIFEST_PATH}|{events.FROM_STRING}|{name}"
+    return f"{MANIFEST_PATH}|{webhook_sensor.FROM_STRING}|{name}"
 
 
 def _parameters(store_uri: str, schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -336,30 +304,30 @@ def lua_filter(schema: dict[str, Any] | None = None, store_uri: str = DEFAULT_ST
     """True exactly for a drop.json creation in the store's incoming/ whose manifest keeps the contract."""
     schema = schema or load_drop_schema()
     bucket, incoming = _bucket_and_prefix(store_uri)
-    header = events.lua_string(metadata_header())
+    header = webhook_sensor.lua_string(metadata_header())
     lines = [
-        "-- Generated from the data-drop contract (workflows/drops.py) by workflows/drop_events.py.",
+        "-- Generated from the data-drop contract (workflows/triggers/drops.py) by workflows/triggers/drop_sensor.py.",
         "local records = event.notification",
         'if type(records) ~= "table" or #records ~= 1 then return false end',
         "local record = records[1]",
         'if type(record) ~= "table" or type(record.s3) ~= "table" then return false end',
         "local name, s3 = record.eventName, record.s3",
         f'if type(name) ~= "string" or name:sub(1, {len(CREATED_EVENT_PREFIX)}) ~= '
-        f"{events.lua_string(CREATED_EVENT_PREFIX)} then return false end",
-        f'if type(s3.bucket) ~= "table" or s3.bucket.name ~= {events.lua_string(bucket)} then return false end',
+        f"{webhook_sensor.lua_string(CREATED_EVENT_PREFIX)} then return false end",
+        f'if type(s3.bucket) ~= "table" or s3.bucket.name ~= {webhook_sensor.lua_string(bucket)} then return false end',
         'if type(s3.object) ~= "table" or type(s3.object.userMetadata) ~= "table" then return false end',
         f"local key, text = s3.object.key, s3.object.userMetadata[{header}]",
         'if type(key) ~= "string" or type(text) ~= "string" then return false end',
         *LUA_DECODER.strip("\n").split("\n"),
         "local body = decode(text)",
         "if body == nil then return false end",
-        f'if type(body.{DROP_ID}) ~= "string" or key ~= {events.lua_string(incoming)} .. body.{DROP_ID} .. '
-        f"{events.lua_string('/' + DROP_MANIFEST)} then return false end",
-        *events.lua_checks(schema, ()),
+        f'if type(body.{DROP_ID}) ~= "string" or key ~= {webhook_sensor.lua_string(incoming)} .. body.{DROP_ID} .. '
+        f"{webhook_sensor.lua_string('/' + DROP_MANIFEST)} then return false end",
+        *webhook_sensor.lua_checks(schema, ()),
     ]
     return "\n".join(lines) + "\n"
 
 
 def drop_sensor_workflow(notification: dict[str, Any], sensor_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Workflow the Sensor submits for one MinIO event record (what the EventSource puts in `notification`)."""
-    return events.apply_trigger(sensor_manifest or sensor(), {"notification": [notification], "metadata": None})
+    return webhook_sensor.apply_trigger(sensor_manifest or sensor(), {"notification": [notification], "metadata": None})

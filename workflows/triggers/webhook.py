@@ -1,7 +1,7 @@
 """The local retrain webhook: the same endpoint and contract as the cluster's Argo Events EventSource.
 
 `POST /retrain` with `Authorization: Bearer <token>` and a JSON body that follows the payload
-contract (workflows/retrain-payload.schema.json) queues one run of the pipeline named
+contract (workflows/triggers/retrain-payload.schema.json) queues one run of the pipeline named
 `retrain-<event_id>`, exactly the name the Sensor gives the Workflow on a cluster, so a
 redelivered event never retrains twice. The event log lives in the store: dedup survives restarts.
 Runs execute one at a time on the local engine; `GET /runs/<name>` tells how one is doing.
@@ -23,9 +23,10 @@ from typing import Any
 
 from steps.errors import UserError
 from steps.registry import utc_now
-from steps.storage import ObjectExists, Store
+from steps.storage import Store
 from workflows.engine import RunQueue
-from workflows.payload import DEFAULT_DATA_URL_PREFIXES, payload_to_parameters, validate_payload
+from workflows.triggers.base import WriteOnceLog
+from workflows.triggers.payload import DEFAULT_DATA_URL_PREFIXES, payload_to_parameters, validate_payload
 
 log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 65536  # the EventSource's maxPayloadSize
@@ -36,22 +37,18 @@ def run_name(event_id: str) -> str:
     return f"retrain-{event_id}"
 
 
-class EventLog:
+class EventLog(WriteOnceLog):
     """One write-once object per accepted event: the write itself is the dedup."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        super().__init__(store, EVENTS_PREFIX)
 
     def accept(self, event_id: str, record: dict[str, Any]) -> bool:
         """Record the event; False if it was seen before (now or in an earlier life of the server)."""
-        try:
-            self.store.write_json(f"{EVENTS_PREFIX}/{event_id}.json", record)
-        except ObjectExists:
-            return False
-        return True
+        return self.write(f"{event_id}.json", record)
 
     def all(self) -> list[dict[str, Any]]:
-        return [self.store.read_json(key) for key in self.store.list(EVENTS_PREFIX) if key.endswith(".json")]
+        return self.read_all()
 
 
 class WebhookServer:
@@ -79,7 +76,7 @@ class WebhookServer:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self.port = self.httpd.server_address[1]
+        self.host, self.port = host, self.httpd.server_address[1]
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -89,6 +86,11 @@ class WebhookServer:
     def shutdown(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    stop = shutdown
+
+    def describe(self) -> str:
+        return f"webhook: POST http://{self.host}:{self.port}/retrain"
 
     def requeue_unstarted(self) -> int:
         """Events accepted before a restart whose run never started are queued again, if today's contract takes them."""
