@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # A data drop's manifest: the folder `incoming/<drop_id>/` holds the four IDX files and this, written last.
 DROP_MANIFEST = "drop.json"
 LINEAGE_DIR = "lineage"
-_TRIGGER_KEYS = ("by", "via", "object", "event", "time", "etag")
+_TRIGGER_KEYS = ("by", "via", "object", "event", "time", "etag", "report", "window_id")
 
 
 def drop_summary(source: str) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ def up(
     triggers: list[LocalTrigger],
     runs: RunQueue,
     shutdown: Shutdown,
+    log_sample_rate: float = 0.0,
 ) -> bool:
     """Run until a stop is requested; everything started here is stopped here. True if cleanly.
 
@@ -38,7 +39,7 @@ def up(
     before the run in progress is.
     """
     stop = shutdown.requested
-    server = ModelServerProcess(registry.store.uri, host, server_port)
+    server = ModelServerProcess(registry.store.uri, host, server_port, log_sample_rate)
 
     def force() -> None:
         runs.terminate(shutdown.reason)

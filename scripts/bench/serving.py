@@ -8,6 +8,9 @@ For 2 and 3: V1 single-image latency p50/p99 (sequential), and images/s at 32 im
 with 16 concurrent clients, for one server process and for two (`--workers 2`, one per core).
 Targets: p50 <= 3 ms; >= 2x the plain wrapper; >= 50% of in-process (judged on the best of ours).
 
+With --inference-log: our server from the registry with the inference log off and on (every request
+logged), alternating, `--rounds` times each; target: throughput and p50 with it on within 5% of off.
+
     FASHION_MNIST_MIRROR=../shared/data/fashion-mnist .venv/bin/python scripts/bench/serving.py [--version-root URI]
 """
 
@@ -46,7 +49,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def trained_version_root(scratch: Path) -> str:
+def trained_version_root(scratch: Path, production: bool = False) -> str:
     """Train the default architecture briefly: serving speed depends on the architecture, not accuracy."""
     from steps.dataset import fetch_dataset, mirror_chain
     from steps.registry import Registry
@@ -57,6 +60,8 @@ def trained_version_root(scratch: Path) -> str:
     dataset = fetch_dataset(store, mirror_chain(None, os.environ.get("FASHION_MNIST_MIRROR")))
     registry = Registry(store)
     result = train(dataset.uri, registry, TrainParams(epochs=1, train_limit=5000), scratch / "train", "bench")
+    if production:
+        registry.set_alias("production", result.version, "serving benchmark", actor="bench")
     return result.version_uri
 
 
@@ -168,8 +173,13 @@ def main() -> None:
     parser.add_argument(
         "--serve-args", default="", help="more options for `fashion-pipeline serve`, e.g. '--precision float32'"
     )
+    parser.add_argument("--inference-log", action="store_true", help="measure the inference log's cost instead")
+    parser.add_argument("--rounds", type=int, default=3, help="with --inference-log: rounds of off and on")
     args = parser.parse_args()
     images = np.random.default_rng(0).integers(0, 256, (64, 28, 28)).astype(np.float32)
+    if args.inference_log:
+        inference_log(args, images)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = args.version_root or trained_version_root(Path(tmp))
         inproc = in_process(root, images, args.seconds)
@@ -200,6 +210,35 @@ def main() -> None:
     print(
         f"throughput vs in-process: {ours['rate'] / inproc:.0%} "
         f"(target >= 50%: {'PASS' if ours['rate'] >= 0.5 * inproc else 'MISS'})"
+    )
+
+
+def inference_log(args: argparse.Namespace, images: np.ndarray) -> None:
+    """The same server from the registry, inference log off and on, alternating: the log's cost, side by side."""
+    import statistics
+
+    with tempfile.TemporaryDirectory(prefix="bench-inference-log-") as tmp:
+        trained_version_root(Path(tmp), production=True)
+        store = str(Path(tmp) / "store")
+        results: dict[str, list[dict]] = {"off": [], "on": []}
+        for round_ in range(args.rounds):
+            for mode, rate in (("off", "0"), ("on", "1")):
+                port = free_port()
+                argv = [CLI, "--store", store, "serve", "--port", str(port), "--log-sample-rate", rate]
+                argv += args.serve_args.split()
+                results[mode].append(measure_server(f"log {mode}, round {round_ + 1}", argv, port, images, args))
+        logged = sum(1 for _ in Path(store, "monitoring").rglob("*.jsonl"))
+    off = {k: statistics.median(r[k] for r in results["off"]) for k in ("p50", "rate")}
+    on = {k: statistics.median(r[k] for r in results["on"]) for k in ("p50", "rate")}
+    rate_ratio, p50_ratio = on["rate"] / off["rate"], on["p50"] / off["p50"]
+    print(f"inference log: {logged} objects written")
+    print(
+        f"throughput with the log / without: {rate_ratio:.3f} ({on['rate']:.0f} vs {off['rate']:.0f} images/s; "
+        f"target >= 0.95: {'PASS' if rate_ratio >= 0.95 else 'MISS'})"
+    )
+    print(
+        f"p50 with the log / without: {p50_ratio:.3f} ({on['p50']:.2f} vs {off['p50']:.2f} ms; "
+        f"target <= 1.05: {'PASS' if p50_ratio <= 1.05 else 'MISS'})"
     )
 
 

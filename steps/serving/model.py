@@ -20,6 +20,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from steps.monitoring import InferenceLog
 from steps.registry import MODEL_NAME
 from steps.serving import protocol
 from steps.serving.batcher import Batcher
@@ -50,12 +51,19 @@ class Inferred:
 class FashionModel(kserve.Model):  # type: ignore[misc]
     """Serves the router's versions; with a watcher they follow the registry's aliases, without they are fixed."""
 
-    def __init__(self, router: Router, watcher: AliasWatcher | None = None, poll_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        router: Router,
+        watcher: AliasWatcher | None = None,
+        poll_s: float = 2.0,
+        inference_log: InferenceLog | None = None,
+    ) -> None:
         super().__init__(MODEL_NAME, return_response_headers=True)
         self.router = router
         self.watcher = watcher
         self.poll_s = poll_s
         self.batcher = Batcher()
+        self.inference_log = inference_log
 
     def load(self) -> bool:
         """Load and warm what the aliases name (a fixed version is loaded already)."""
@@ -67,6 +75,8 @@ class FashionModel(kserve.Model):  # type: ignore[misc]
     def start(self) -> None:
         """Begin inferring and following the aliases: after `load`, before the first request."""
         self.batcher.start()
+        if self.inference_log is not None:
+            self.inference_log.start()
         if self.watcher is not None:
             self.watcher.start(self.poll_s)
 
@@ -80,6 +90,8 @@ class FashionModel(kserve.Model):  # type: ignore[misc]
         if self.watcher is not None:
             self.watcher.stop()
         self.batcher.close()
+        if self.inference_log is not None:
+            self.inference_log.stop()
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Decoded:
         try:
@@ -97,6 +109,8 @@ class FashionModel(kserve.Model):  # type: ignore[misc]
         if response_headers is not None:
             response_headers[protocol.VERSION_HEADER] = served.version
             response_headers[protocol.ROLE_HEADER] = role
+        if self.inference_log is not None:  # a queue put: the answer never waits for the log
+            self.inference_log.record(served.version, role, request.images, probabilities, class_ids)
         return Inferred(request, served.version, probabilities, class_ids)
 
     async def postprocess(

@@ -25,8 +25,10 @@ class ModelServerProcess:
     It dies with the thread that started it, so start it from one that lives as long as it should.
     """
 
-    def __init__(self, store_uri: str, host: str, port: int) -> None:
+    def __init__(self, store_uri: str, host: str, port: int, log_sample_rate: float = 0.0) -> None:
         self.args = [_cli(), "--store", store_uri, "serve", "--host", host, "--port", str(port)]
+        if log_sample_rate > 0:
+            self.args += ["--log-sample-rate", str(log_sample_rate)]
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:

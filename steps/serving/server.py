@@ -24,6 +24,7 @@ from kserve.protocol.rest.server import RESTServer
 
 from steps.errors import UserError
 from steps.hardware import cpu_has_bf16
+from steps.monitoring import InferenceLog
 from steps.registry import MODEL_NAME, Registry
 from steps.serving.loading import load_storage_uri
 from steps.serving.model import FashionModel
@@ -166,8 +167,15 @@ def build_server(
     threads: int = 1,
     access_log: bool = False,
     reuse_port: bool = False,
+    log_sample_rate: float = 0.0,
+    log_images: bool = False,
+    log_batch: int = 512,
 ) -> ModelServer:
-    """Load the model (the registry's aliases, or one fixed version) and set the server up around it."""
+    """Load the model (the registry's aliases, or one fixed version) and set the server up around it.
+
+    With `log_sample_rate` > 0 and a registry, that share of requests is summarised into the store's
+    inference log (steps/monitoring.py), which `monitor` reads.
+    """
     precision = configure_runtime(precision, threads)
     log.info("inference in %s on %s thread(s)", precision, threads or "all")
     router = Router()
@@ -180,6 +188,16 @@ def build_server(
         raise UserError("serve needs a registry or a storage URI")
     # FastAPI warns about KServe's response class on every request.
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
-    model = FashionModel(router, watcher, poll_s)
+    inference_log = None
+    if log_sample_rate > 0:
+        if registry is None:
+            raise UserError("--log-sample-rate needs the registry's store: serve without --storage-uri")
+        inference_log = InferenceLog(
+            registry.store, MODEL_NAME, log_sample_rate, images=log_images, batch_records=log_batch
+        )
+        log.info(
+            "inference log: %.0f%% of requests into %s", 100 * log_sample_rate, registry.store.uri_of("monitoring/")
+        )
+    model = FashionModel(router, watcher, poll_s, inference_log)
     model.load()
     return ModelServer(model, host, port, access_log, reuse_port)

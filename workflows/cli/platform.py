@@ -171,8 +171,16 @@ def up(
         float, typer.Option(min=0.0, help="Seconds between looks at the store's incoming/ for data drops (0: off).")
     ] = 5.0,
     retry_interrupted: RetryInterruptedOption = False,
+    log_sample_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of served requests summarised into the inference log (0: none)."),
+    ] = 1.0,
+    drift_check: Annotated[
+        float,
+        typer.Option(min=0.0, help="Seconds between drift checks of the production model's traffic (0: off)."),
+    ] = 600.0,
 ) -> None:
-    """The embedded platform: model server, retrain webhook, data drops and the nightly schedule, until Ctrl-C."""
+    """The embedded platform: model server, webhook, data drops, drift checks and the nightly schedule, until Ctrl-C."""
     from workflows.platform import up as run_platform
     from workflows.shutdown import Shutdown
     from workflows.triggers.base import LocalTrigger
@@ -185,8 +193,13 @@ def up(
     if drop_poll > 0:
         triggers.append(DropWatcher(open_store(), runs, drop_poll))
     triggers.append(Scheduler(runs))
+    registry = open_registry()
+    if drift_check > 0 and log_sample_rate > 0:
+        from workflows.triggers.drift import DriftWatcher
+
+        triggers.append(DriftWatcher(registry, runs, check_s=drift_check))
     retry_cut_short(runs, retry_interrupted)
-    _stopped(shutdown, run_platform(open_registry(), host, port, triggers, runs, shutdown))
+    _stopped(shutdown, run_platform(registry, host, port, triggers, runs, shutdown, log_sample_rate))
 
 
 @app.command(rich_help_panel=PANEL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,6 +31,12 @@ def serve(
         int, typer.Option(help="Server processes sharing the port, each with its own copy of the model.")
     ] = 1,
     reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
+    log_sample_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of requests summarised into the store's inference log (0: none)."),
+    ] = 0.0,
+    log_images: Annotated[bool, typer.Option(help="Keep the raw images in the inference log too.")] = False,
+    log_batch: Annotated[int, typer.Option(min=1, help="Records per inference-log object written.")] = 512,
 ) -> None:
     """Serve the production model with KServe's model server (V1 and V2 protocols, /metrics).
 
@@ -53,7 +59,20 @@ def serve(
     sys.argv = sys.argv[:1]  # `import kserve` parses the command line
     from steps.serving.server import build_server
 
-    server = build_server(registry, host, port, poll, storage_uri, precision, inference_threads, access_log, reuse_port)
+    server = build_server(
+        registry,
+        host,
+        port,
+        poll,
+        storage_uri,
+        precision,
+        inference_threads,
+        access_log,
+        reuse_port,
+        log_sample_rate,
+        log_images,
+        log_batch,
+    )
     shutdown.on_stop(server.stop)
     shutdown.on_force(server.force)
     server.run()
@@ -86,3 +105,49 @@ def predict(
             f"{path!s:<{width}}  {prediction.class_name:<12} {prediction.probability:>11.4f}  "
             f"{prediction.version or '-'}"
         )
+
+
+@app.command(rich_help_panel=PANEL)
+def monitor(
+    version: Annotated[str, typer.Option(help="The served version to check: a version id or an alias.")] = "production",
+    window: Annotated[float | None, typer.Option(help="Seconds of traffic to look at (default 3600).")] = None,
+    end: Annotated[float | None, typer.Option(help="Where the window ends, Unix seconds (default: now).")] = None,
+    min_records: Annotated[int | None, typer.Option(help="Fewest records for a verdict (default 200).")] = None,
+    max_psi: Annotated[float | None, typer.Option(help="Largest PSI of predicted classes (default 0.2).")] = None,
+    max_ks: Annotated[float | None, typer.Option(help="Largest KS statistic of an input statistic (0.25).")] = None,
+    max_low_confidence_rate: Annotated[
+        float | None, typer.Option(help="Largest share of low-confidence answers (default 0.3).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where drift.json and drift.png go.")] = Path("outputs/monitor"),
+) -> None:
+    """Measure drift: a window of the inference log (`serve --log-sample-rate`) against the model's training data.
+
+    Prints the verdict and each measure; the report (JSON and PNG) goes to --out and into the store.
+    """
+    import time
+    from dataclasses import replace
+
+    from steps.drift import DriftPolicy, check_drift
+    from steps.parameters import check
+
+    given: dict[str, Any] = {
+        "window_s": window,
+        "min_records": min_records,
+        "max_psi": max_psi,
+        "max_ks": max_ks,
+        "max_low_confidence_rate": max_low_confidence_rate,
+    }
+    policy = replace(DriftPolicy(), **{k: v for k, v in given.items() if v is not None})
+    check(policy)
+    registry = open_registry()
+    served = registry.resolve(version)
+    report = check_drift(registry, served, time.time() if end is None else end, policy, out)
+    verdict = {True: "DRIFTED", False: "no drift", None: "no verdict"}[report["drifted"]]
+    skipped = report["skipped"]["count"]
+    typer.echo(f"version     {served}")
+    typer.echo(f"window      {policy.window_s:g} s: {report['window']['records']} records ({skipped} skipped)")
+    typer.echo(f"verdict     {verdict}: {report['reason']}")
+    for name, measured in report.get("measures", {}).items():
+        mark = "✗" if measured["drifted"] else "✓"
+        typer.echo(f"  {mark} {name:<20} {measured['value']:.4f}  threshold {measured['threshold']:g}")
+    typer.echo(f"report      {out / 'drift.json'}, {out / 'drift.png'}; {report['report_uri']}")

@@ -10,6 +10,6 @@ What they share is in `base`: the write-once event log in the store (the write i
 event starts one run across restarts), event -> workflow arguments, the Sensor skeleton, and the
 `LocalTrigger` protocol that `up` starts, requeues and stops (workflows/platform.py). `payload` is
 the retrain contract the webhook checks and drops extend. A new trigger is one module here (its local
-half a `LocalTrigger`, its cluster half manifests) and one entry in `CLUSTER_MANIFESTS`; `up` and
-`render` loop over the family.
+half a `LocalTrigger`, its cluster half manifests), one line in `up` (workflows/cli/platform.py) and
+one entry in `render.GENERATED`.
 """

@@ -1,0 +1,251 @@
+"""What production serves, summarised: the inference log the model server writes and `monitor` reads.
+
+Each sampled request leaves one record per image: when, which version and role answered, the predicted
+class and its probability, and three input statistics (pixel mean, standard deviation and the fraction
+of dark pixels, all on the 0..255 scale). No raw images unless the operator asks (`images=True`).
+
+Records go to the store in batches, each batch one JSON Lines object written once under
+`monitoring/<model>/<version>/<day>/` (the store publishes whole objects, so a reader never sees half a
+batch; a line that does not parse is skipped, named and counted all the same). Logging never slows
+serving: a request only puts its arrays on a bounded queue, and a full queue drops (and counts) rather
+than blocks. The writer thread does the arithmetic and the writes; while the store is down it keeps what
+it has (bounded too, oldest dropped and counted) and tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from steps.storage import Store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "monitoring"
+DARK_PIXEL = 32  # 0..255: a pixel under this is dark (Fashion-MNIST's background is 0)
+FIELDS = ("t", "version", "role", "class_id", "probability", "mean", "std", "dark")
+
+
+def version_prefix(model: str, version: str) -> str:
+    return f"{PREFIX}/{model}/{version}"
+
+
+def image_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image of [N,28,28] raw pixels: mean, standard deviation, fraction of dark pixels."""
+    flat = np.asarray(images, np.float32).reshape(len(images), -1)
+    return flat.mean(axis=1), flat.std(axis=1), (flat < DARK_PIXEL).mean(axis=1)
+
+
+def summarise(
+    at: float, version: str, role: str, images: np.ndarray, probabilities: np.ndarray, class_ids: np.ndarray
+) -> list[dict[str, Any]]:
+    means, stds, dark = image_stats(images)
+    top = np.asarray(probabilities)[np.arange(len(class_ids)), np.asarray(class_ids)]
+    return [
+        {
+            "t": round(at, 3),
+            "version": version,
+            "role": role,
+            "class_id": int(c),
+            "probability": round(float(p), 5),
+            "mean": round(float(m), 3),
+            "std": round(float(s), 3),
+            "dark": round(float(d), 4),
+        }
+        for c, p, m, s, d in zip(class_ids, top, means, stds, dark, strict=True)
+    ]
+
+
+@dataclass
+class Counters:
+    requests_sampled: int = 0
+    records_written: int = 0
+    batches_written: int = 0
+    dropped_requests: int = 0  # the queue was full: not logged, never waited for
+    dropped_records: int = 0  # the store stayed down longer than the backlog holds
+    write_errors: int = 0
+
+
+class InferenceLog:
+    """The server's writer: `record` from the request path (never blocks), batches written by a thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        model: str,
+        sample_rate: float,
+        *,
+        batch_records: int = 512,
+        flush_s: float = 5.0,
+        queue_requests: int = 2048,
+        backlog_records: int = 100_000,
+        images: bool = False,
+        retry_s: float = 2.0,
+    ) -> None:
+        if not 0 <= sample_rate <= 1:
+            raise ValueError(f"sample rate {sample_rate} is not in [0, 1]")
+        self.store, self.model, self.sample_rate = store, model, sample_rate
+        self.batch_records, self.flush_s, self.retry_s = batch_records, flush_s, retry_s
+        self.backlog_records, self.images = backlog_records, images
+        self.counters = Counters()
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=queue_requests)
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._random = random.Random()
+        self._writer = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._sequence = 0
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def record(
+        self, version: str, role: str, images: np.ndarray, probabilities: np.ndarray, class_ids: np.ndarray
+    ) -> None:
+        """One answered request, if sampled: its arrays are queued, nothing is computed or written here."""
+        if self.sample_rate <= 0 or self._random.random() >= self.sample_rate:
+            return
+        try:
+            self._queue.put_nowait((time.time(), version, role, images, probabilities, class_ids))
+            self.counters.requests_sampled += 1
+        except queue.Full:
+            self.counters.dropped_requests += 1
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued and pending (as far as the store lets within `timeout_s`), then end."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            pass
+        self._thread.join(timeout_s)
+        c = self.counters
+        log.info(
+            "inference log: %d records in %d batches; dropped %d requests (queue full), %d records (store down)",
+            c.records_written,
+            c.batches_written,
+            c.dropped_requests,
+            c.dropped_records,
+        )
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.05, self.flush_s - (time.monotonic() - last_flush)))
+            except queue.Empty:
+                item = ()
+            if item is None:
+                self._flush(final=True)
+                return
+            if item:
+                at, version, role, images, probabilities, class_ids = item
+                records = summarise(at, version, role, images, probabilities, class_ids)
+                if self.images:
+                    for record, image in zip(records, np.asarray(images, np.uint8), strict=True):
+                        record["image"] = image.ravel().tolist()
+                self._pending.setdefault(version, []).extend(records)
+            full = any(len(records) >= self.batch_records for records in self._pending.values())
+            if full or time.monotonic() - last_flush >= self.flush_s:
+                self._flush()
+                last_flush = time.monotonic()
+
+    def _flush(self, final: bool = False) -> None:
+        for version in list(self._pending):
+            records = self._pending[version]
+            while records:
+                batch, rest = records[: self.batch_records], records[self.batch_records :]
+                try:
+                    self._write(version, batch)
+                except Exception as exc:  # the store is down or refusing: keep the records, try later
+                    self.counters.write_errors += 1
+                    if self.counters.write_errors == 1 or self.counters.write_errors % 100 == 0:
+                        log.warning("inference log: cannot write to %s (%s); keeping records", self.store.uri, exc)
+                    over = len(records) - self.backlog_records
+                    if over > 0:
+                        del records[:over]
+                        self.counters.dropped_records += over
+                    if not final:
+                        time.sleep(self.retry_s)
+                    return
+                records[:] = rest
+            del self._pending[version]
+
+    def _write(self, version: str, batch: list[dict[str, Any]]) -> None:
+        self._sequence += 1
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        stamp = datetime.now(UTC).strftime("%H%M%S")
+        key = f"{version_prefix(self.model, version)}/{day}/{stamp}-{self._writer}-{self._sequence:06d}.jsonl"
+        body = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in batch).encode()
+        self.store.write_bytes(key, body)
+        self.counters.records_written += len(batch)
+        self.counters.batches_written += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a window back
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """The records of one version served in [start, end), and what could not be read."""
+
+    version: str
+    start: float
+    end: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<key>: <why>" for each unreadable file or line
+    other_versions: int = 0  # records under this version's folder that name another version
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray([record[name] for record in self.records], np.float64)
+
+
+def _days(start: float, end: float) -> Iterable[str]:
+    day = datetime.fromtimestamp(start, UTC).date()
+    last = datetime.fromtimestamp(end, UTC).date()
+    while day <= last:
+        yield day.strftime("%Y%m%d")
+        day = datetime.fromordinal(day.toordinal() + 1).date()
+
+
+def read_window(store: Store, model: str, version: str, start: float, end: float) -> Window:
+    """Every record of `version` with start <= t < end; corrupt files and lines are skipped and named."""
+    window = Window(version, start, end)
+    for day in _days(start, end):
+        for key in store.list(f"{version_prefix(model, version)}/{day}"):
+            if not key.endswith(".jsonl"):
+                continue
+            try:
+                text = store.read_bytes(key).decode()
+            except (OSError, UnicodeDecodeError) as exc:
+                window.skipped.append(f"{key}: unreadable ({exc})")
+                continue
+            for number, line in enumerate(text.splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                    valid = isinstance(record, dict) and all(name in record for name in FIELDS)
+                    at = float(record["t"]) if valid else 0.0
+                except (ValueError, TypeError):
+                    valid = False
+                if not valid:
+                    window.skipped.append(f"{key}:{number}: not an inference record")
+                    continue
+                if record["version"] != version:
+                    window.other_versions += 1
+                elif start <= at < end:
+                    window.records.append(record)
+    return window

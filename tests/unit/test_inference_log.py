@@ -1,0 +1,173 @@
+"""The inference log and the drift measures, without a server: never blocking, surviving the store, honest reads."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from steps.drift import DriftPolicy, Reference, ks_statistic, measure, psi
+from steps.monitoring import InferenceLog, Window, image_stats, read_window, version_prefix
+from steps.storage import FileStore
+
+MODEL = "fashion-mnist"
+
+
+class FlakyStore(FileStore):
+    """A real file store whose writes can be made to fail (an outage) or to hang (a store that stalls)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.down = False
+        self.stalled = threading.Event()  # set: writes go through
+
+    def write_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        self.stalled.wait()
+        if self.down:
+            raise OSError("connection refused")
+        super().write_bytes(key, data, metadata)
+
+
+def garments(n: int, seed: int = 0) -> np.ndarray:
+    """Fashion-MNIST-like images: a bright blob on a black background."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.float32)
+    images[:, 6:22, 8:20] = rng.uniform(120, 230, (n, 16, 12))
+    return images
+
+
+def answers(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    probabilities = np.random.default_rng(seed).dirichlet(np.ones(10) * 0.1, n).astype(np.float32)
+    return probabilities, probabilities.argmax(axis=1)
+
+
+def test_a_logged_request_is_read_back_with_its_summary_and_no_image(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path)
+    store.stalled.set()
+    inference_log = InferenceLog(store, MODEL, 1.0, flush_s=0.1)
+    inference_log.start()
+    images = garments(3)
+    probabilities, class_ids = answers(3)
+    inference_log.record("v1", "production", images, probabilities, class_ids)
+    inference_log.stop()
+
+    window = read_window(store, MODEL, "v1", time.time() - 60, time.time() + 1)
+    assert [r["class_id"] for r in window.records] == class_ids.tolist()
+    means, stds, dark = image_stats(images)
+    assert window.column("std") == pytest.approx(stds, abs=1e-3)
+    assert window.column("mean") == pytest.approx(means, abs=1e-3)
+    assert window.column("dark") == pytest.approx(dark, abs=1e-4)
+    assert window.column("probability") == pytest.approx(probabilities.max(axis=1), abs=1e-5)
+    assert {r["role"] for r in window.records} == {"production"} and "image" not in window.records[0]
+    assert inference_log.counters.records_written == 3 and window.skipped == []
+
+
+def test_a_stalled_store_never_blocks_a_request_and_drops_are_counted(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path)  # every write hangs until released
+    inference_log = InferenceLog(store, MODEL, 1.0, flush_s=0.05, queue_requests=8)
+    inference_log.start()
+    probabilities, class_ids = answers(1)
+    started = time.perf_counter()
+    for _ in range(200):
+        inference_log.record("v1", "production", garments(1), probabilities, class_ids)
+    took = time.perf_counter() - started
+
+    assert took < 1.0  # 200 calls returned while the writer was stuck (a put each, no waiting)
+    assert inference_log.counters.dropped_requests > 150
+    store.stalled.set()
+    inference_log.stop()
+    assert inference_log.counters.records_written + inference_log.counters.dropped_requests == 200
+
+
+def test_a_store_outage_keeps_the_records_until_it_is_back_and_bounds_the_backlog(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path)
+    store.stalled.set()
+    store.down = True
+    inference_log = InferenceLog(store, MODEL, 1.0, flush_s=0.05, batch_records=10, backlog_records=30, retry_s=0.05)
+    inference_log.start()
+    probabilities, class_ids = answers(10)
+    for _ in range(5):
+        inference_log.record("v1", "production", garments(10), probabilities, class_ids)
+        time.sleep(0.1)
+    assert inference_log.counters.write_errors >= 1 and inference_log.counters.records_written == 0
+    store.down = False
+    deadline = time.monotonic() + 10
+    while inference_log.counters.records_written < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inference_log.stop()
+
+    counters = inference_log.counters
+    assert counters.records_written == 30 and counters.dropped_records == 20  # 50 logged, 30 kept
+    assert len(read_window(store, MODEL, "v1", 0, time.time() + 1).records) == 30
+
+
+def test_corrupt_and_partial_files_are_skipped_named_and_counted(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    now = time.time()
+    day = time.strftime("%Y%m%d", time.gmtime(now))
+    good = {"t": now, "version": "v1", "role": "production", "class_id": 3, "probability": 0.9}
+    good |= {"mean": 70.0, "std": 80.0, "dark": 0.5}
+    prefix = f"{version_prefix(MODEL, 'v1')}/{day}"
+    store.write_bytes(f"{prefix}/a.jsonl", (json.dumps(good) + "\n" + '{"t": 1, "versi').encode())
+    store.write_bytes(f"{prefix}/b.jsonl", b"\xff\xfe not text")
+    store.write_bytes(f"{prefix}/c.jsonl", (json.dumps({**good, "version": "v2"}) + "\n").encode())
+
+    window = read_window(store, MODEL, "v1", now - 60, now + 1)
+    assert len(window.records) == 1 and window.other_versions == 1
+    skipped = sorted(s.split("/")[-1] for s in window.skipped)
+    assert skipped[0] == "a.jsonl:2: not an inference record"
+    assert skipped[1].startswith("b.jsonl: unreadable ('utf-8' codec can't decode")
+    assert len(skipped) == 2
+
+
+def _reference(n: int = 2000) -> Reference:
+    means, stds, dark = image_stats(garments(n, seed=1))
+    return Reference("digest", np.full(10, 0.1), {"mean": means, "std": stds, "dark": dark})
+
+
+def _window(images: np.ndarray, class_ids: np.ndarray, probability: float = 0.95) -> Window:
+    means, stds, dark = image_stats(images)
+    window = Window("v1", 0.0, 3600.0)
+    for c, m, s, d in zip(class_ids, means, stds, dark, strict=True):
+        window.records.append(
+            {"t": 1.0, "version": "v1", "role": "production", "class_id": int(c), "probability": probability}
+            | {"mean": float(m), "std": float(s), "dark": float(d)}
+        )
+    return window
+
+
+def test_the_same_distribution_does_not_drift_and_a_shifted_one_does_saying_which_measure() -> None:
+    policy = DriftPolicy()
+    reference = _reference()
+    balanced = np.arange(1000) % 10
+
+    same: dict[str, Any] = measure(_window(garments(1000, seed=2), balanced), reference, policy)
+    inverted = measure(_window(255 - garments(1000, seed=3), balanced), reference, policy)
+    one_class = measure(_window(garments(1000, seed=4), np.full(1000, 7)), reference, policy)
+    unsure = measure(_window(garments(1000, seed=5), balanced, probability=0.4), reference, policy)
+
+    assert same["drifted"] is False and same["reason"] == "no measure crossed its threshold"
+    assert inverted["drifted"] is True and "ks_mean" in inverted["reason"] and "ks_dark" in inverted["reason"]
+    assert one_class["drifted"] is True and one_class["reason"].startswith("drift: class_psi ")
+    assert unsure["drifted"] is True and "low_confidence_rate 1.000 > 0.3" in unsure["reason"]
+    assert same["window_id"] == inverted["window_id"]  # the same window, whatever it holds
+
+
+def test_a_thin_window_gives_no_verdict_and_says_why() -> None:
+    report = measure(_window(garments(20), np.arange(20) % 10), _reference(), DriftPolicy())
+    assert report["drifted"] is None
+    assert report["reason"] == "20 records of v1 in the window, fewer than 200"
+
+
+def test_psi_and_ks_behave_as_their_definitions() -> None:
+    share = np.full(10, 0.1)
+    assert psi(share, share) == 0
+    assert psi(share, np.eye(10)[3]) > 2
+    x = np.linspace(0, 1, 500)
+    assert ks_statistic(x, x) == 0
+    assert ks_statistic(x, x + 2) == 1
