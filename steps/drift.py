@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,9 @@ def check_drift(registry: Any, version: str, end: float, policy: DriftPolicy, ou
     reference = reference_from(dataset_uri, digest, class_counts)
     window = read_window(registry.store, registry.name, version, end - policy.window_s, end)
     report = measure(window, reference, policy)
+    # One report per check, written once: two checks of the same window keep both.
     stamp = datetime.fromtimestamp(end, UTC).strftime("%Y%m%dT%H%M%SZ")
-    key = f"{version_prefix(registry.name, version)}/drift/{stamp}.json"
+    key = f"{version_prefix(registry.name, version)}/drift/{stamp}-{uuid.uuid4().hex[:8]}.json"
     report["report_uri"] = registry.store.uri_of(key)
     written = write_report(report, window, reference, out)
     registry.store.write_bytes(key, written[0].read_bytes())
