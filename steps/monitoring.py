@@ -249,3 +249,59 @@ def read_window(store: Store, model: str, version: str, start: float, end: float
                 elif start <= at < end:
                     window.records.append(record)
     return window
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster's route in: KServe's logger posts each request and response as a CloudEvent
+# ---------------------------------------------------------------------------------------------
+
+REQUEST_EVENT = "org.kubeflow.serving.inference.request"
+RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
+
+
+class LogSink:
+    """Pairs KServe's logger events by their id into the same records `serve --log-sample-rate` writes.
+
+    The InferenceService's logger URL names the version its revision serves (`?version=`): the
+    predictor's own answers (TF Serving's) name none. A half-pair waits at most `pair_s` seconds and
+    `pending` entries; what cannot be paired or decoded is counted, never raised to the agent.
+    """
+
+    def __init__(self, inference_log: InferenceLog, pair_s: float = 60.0, pending: int = 10_000) -> None:
+        self.log = inference_log
+        self.pair_s, self.pending = pair_s, pending
+        self._halves: dict[str, tuple[float, str, bytes]] = {}
+        self._lock = threading.Lock()
+        self.unpaired = 0
+        self.undecodable = 0
+
+    def accept(self, event_id: str, event_type: str, version: str, body: bytes) -> None:
+        from steps.serving.protocol import CODECS, BadRequest, BadResponse, Protocol
+
+        if event_type not in (REQUEST_EVENT, RESPONSE_EVENT) or not event_id:
+            self.undecodable += 1
+            return
+        now = time.monotonic()
+        with self._lock:
+            other = self._halves.pop(event_id, None)
+            if other is None or other[1] == event_type:
+                self._halves[event_id] = (now, event_type, body)
+                self._expire(now)
+                return
+        request, response = (other[2], body) if event_type == RESPONSE_EVENT else (body, other[2])
+        v1 = CODECS[Protocol.V1]
+        try:
+            images = v1.images(json.loads(request))
+            answer = v1.from_bytes(response, {})
+        except (ValueError, BadRequest, BadResponse):
+            self.undecodable += 1
+            return
+        self.log.record(version, "served", images, answer.probabilities, answer.class_ids)
+
+    def _expire(self, now: float) -> None:
+        stale = [key for key, (at, _, _) in self._halves.items() if now - at > self.pair_s]
+        while len(self._halves) - len(stale) > self.pending:
+            stale.append(next(iter(self._halves)))
+        for key in stale:
+            if self._halves.pop(key, None) is not None:
+                self.unpaired += 1

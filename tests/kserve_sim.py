@@ -74,6 +74,11 @@ FAULTS = ("never_ready", "errors", "wrong_classes")
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"  # constants.EnableRoutingTagAnnotationKey
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 STORAGE_INITIALIZER_SOURCE_URI = "internal.serving.kserve.io/storage-initializer-sourceuri"
+# constants.LoggerInternalAnnotationKey and friends: what addLoggerAnnotations puts on the revision template.
+LOGGER = "internal.serving.kserve.io/logger"
+LOGGER_SINK_URL = "internal.serving.kserve.io/logger-sink-url"
+LOGGER_MODE = "internal.serving.kserve.io/logger-mode"
+LOGGER_MODES = ("all", "request", "response")  # v1beta1 LogAll, LogRequest, LogResponse
 CUSTOM_CONTAINER = "kserve-container"  # constants.InferenceServiceContainerName
 STORAGE_URI_ENV = "STORAGE_URI"  # constants.CustomSpecStorageUriEnvVarKey
 MODEL_MOUNT = "/mnt/models"  # constants.DefaultModelLocalMountPath
@@ -175,8 +180,11 @@ class Backend:
 
 def _forward(
     handler: http.server.BaseHTTPRequestHandler, port: int, rewrite: Any = None, drop: frozenset[str] = frozenset()
-) -> None:
-    """Pass the request on to 127.0.0.1:port and its answer back (optionally rewriting a JSON body)."""
+) -> tuple[bytes, int, bytes] | None:
+    """Pass the request on to 127.0.0.1:port and its answer back (optionally rewriting a JSON body).
+
+    Returns what crossed: the request body, the answer's status and body (None if the upstream failed).
+    """
     length = int(handler.headers.get("Content-Length") or 0)
     body = handler.rfile.read(length) if length else None
     headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
@@ -187,7 +195,7 @@ def _forward(
         data = response.read()
     except OSError as exc:
         _send(handler, 503, {"error": f"upstream unavailable: {exc}"})
-        return
+        return None
     if rewrite is not None and response.status == 200:
         data = rewrite(data)
     handler.send_response(response.status)
@@ -198,6 +206,7 @@ def _forward(
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+    return body or b"", response.status, data
 
 
 def _send(handler: http.server.BaseHTTPRequestHandler, code: int, body: Any) -> None:
@@ -239,6 +248,8 @@ class Revision:
     backend: Backend | None
     proxy: http.server.ThreadingHTTPServer | None = None
     served: int = 0  # requests the queue-proxy passed to the model server
+    logged: int = 0  # CloudEvents the agent delivered to the logger's sink
+    log_errors: int = 0
 
     @property
     def ready(self) -> bool:
@@ -266,12 +277,51 @@ class Revision:
                     revision.served += 1
                     rewrite = _shift_classes if revision.fault == "wrong_classes" else None
                     drop = _TF_SERVING_DROPS if revision.runtime == "tensorflow" else frozenset()
-                    _forward(self, revision.backend.port, rewrite, drop)
+                    exchange = _forward(self, revision.backend.port, rewrite, drop)
+                    if exchange is not None and self.command == "POST":
+                        revision.agent_log(self.headers, *exchange)
 
             do_GET = do_POST = _handle
 
         self.proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QueueProxy)
         threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+
+    def agent_log(self, headers: Any, request: bytes, status: int, response: bytes) -> None:
+        """KServe's agent (pkg/logger): the request, and a 200 response, as CloudEvents (binary mode) to the sink."""
+        annotations = self.template.get("annotations") or {}
+        url, mode = annotations.get(LOGGER_SINK_URL), annotations.get(LOGGER_MODE, "all")
+        if annotations.get(LOGGER) != "true" or not url:
+            return
+        event_id = headers.get("Ce-Id") or str(uuid.uuid4())
+        labels = self.template.get("labels") or {}
+        common = {
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-source": f"http://localhost:9081/{self.name}-deployment",
+            "ce-inferenceservicename": labels.get("serving.kserve.io/inferenceservice", ""),
+            "ce-component": "predictor",
+            "ce-endpoint": "",
+            "Content-Type": headers.get("Content-Type") or "application/json",
+        }
+        events = []
+        if mode in ("all", "request"):
+            events.append(({**common, "ce-type": "org.kubeflow.serving.inference.request"}, request))
+        if mode in ("all", "response") and status == 200:
+            events.append(({**common, "ce-type": "org.kubeflow.serving.inference.response"}, response))
+
+        def send() -> None:  # the agent logs off the request path, through its worker queue
+            for event_headers, body in events:
+                try:
+                    parts = urlsplit(url)
+                    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=10)
+                    path = parts.path or "/"
+                    conn.request("POST", f"{path}?{parts.query}" if parts.query else path, body, event_headers)
+                    conn.getresponse().read()
+                    self.logged += 1
+                except OSError:
+                    self.log_errors += 1
+
+        threading.Thread(target=send, daemon=True).start()
 
     def stop_proxy(self) -> None:
         if self.proxy is not None:
@@ -694,6 +744,14 @@ class KServeSim:
         # inference_service_validation.go: validateInferenceServiceComponent / validateCanaryTrafficPercent.
         if percent is not None and not 0 <= percent <= 100:
             webhook.append(f"the InferenceService canaryTrafficPercent {percent} is not between 0 and 100")
+        # component.go validateLogger: the mode is required (nothing defaults it); storage needs path, parameters, key.
+        logger = predictor.get("logger")
+        if logger is not None:
+            if logger.get("mode") not in LOGGER_MODES:
+                webhook.append("invalid logger type")
+            storage = logger.get("storage")
+            if storage is not None and not all(k in storage for k in ("path", "parameters", "key")):
+                webhook.append("invalid logger storage configuration")
         # validateExactlyOneImplementation: a model or framework spec, or containers (a custom predictor).
         implementations = [key for key in PREDICTOR_IMPLEMENTATIONS if key in predictor]
         if len(implementations) + bool(predictor.get("containers")) != 1:
@@ -861,6 +919,13 @@ class KServeSim:
         storage_uri = _storage_uri(predictor)
         if storage_uri:
             annotations[STORAGE_INITIALIZER_SOURCE_URI] = storage_uri
+        # components/component.go addLoggerAnnotations: the agent sidecar is injected by these.
+        logger = predictor.get("logger")
+        if logger is not None:
+            annotations[LOGGER] = "true"
+            if logger.get("url") is not None:
+                annotations[LOGGER_SINK_URL] = logger["url"]
+            annotations[LOGGER_MODE] = logger.get("mode", "")
         # createKnativeService: managed annotations go on the Knative Service, the rest on the revision template.
         ksvc_annotations = {k: annotations.pop(k) for k in list(annotations) if k in MANAGED_KSVC_ANNOTATIONS}
         percent = predictor.get("canaryTrafficPercent")

@@ -115,6 +115,7 @@ class Step:
     when: tuple[str, str, str] | None = None  # (step, output, value): run only if that output has that value
     slim: bool = False  # imports no TensorFlow: runs in SLIM_IMAGE
     cpu_limit_env: bool = False  # given its limits.cpu (downward API) to size TensorFlow's thread pools
+    secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # env name -> (Secret, key)
     container: Mapping[str, Any] = field(default_factory=dict)  # more Container fields: retries, metrics, ...
 
 
@@ -151,7 +152,11 @@ def container(step: Step, sizing: Sizing) -> Container:
         image=SLIM_IMAGE if step.slim else IMAGE,
         image_pull_policy="IfNotPresent",
         command=["fashion-pipeline"],
-        env=[*_env(), *([_cpu_limit_env()] if step.cpu_limit_env else [])],
+        env=[
+            *_env(),
+            *([_cpu_limit_env()] if step.cpu_limit_env else []),
+            *(SecretEnv(name=n, secret_name=secret, secret_key=key) for n, (secret, key) in step.secret_env.items()),
+        ],
         security_context=_SECURITY,
         resources=Resources(
             cpu_request=sizing.cpu,

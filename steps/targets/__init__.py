@@ -81,6 +81,7 @@ class TargetOptions:
     serving_runtime: str = DEFAULT_SERVING_RUNTIME  # kserve: one of SERVING_RUNTIMES
     serving_image: str | None = None  # kserve, custom runtime: the image to run
     ready_timeout_s: float = READY_TIMEOUT_S  # kserve: how long a restored production may take to be ready
+    inference_log_url: str | None = None  # kserve: the logger's sink (None: the namespace's log sink; "": none)
 
 
 def _local(registry: Registry, options: TargetOptions) -> Target | None:
@@ -102,6 +103,7 @@ def _kserve(registry: Registry, options: TargetOptions) -> Target | None:
         serving_runtime=options.serving_runtime,
         serving_image=options.serving_image,
         restore_timeout_s=options.ready_timeout_s,
+        inference_log_url=options.inference_log_url,
     )
 
 

@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
@@ -59,6 +59,8 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # the newest release, and tests/model/test_serving_runtime.py checks that a TF 2.21 export answers under it.
 DEFAULT_RUNTIME_VERSION = "2.20.0"
 DEFAULT_SERVICE_ACCOUNT = "fashion-mnist-predictor"
+# `fashion-pipeline log-sink` as the Deployment and Service of argo/monitoring.yaml: KServe's logger sink.
+LOG_SINK_SERVICE = "fashion-log-sink"
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
     "limits": {"cpu": "1", "memory": "2Gi"},
@@ -104,6 +106,7 @@ class KServeTarget:
         restore_timeout_s: float = 300.0,
         serving_runtime: str = DEFAULT_SERVING_RUNTIME,
         serving_image: str | None = None,
+        inference_log_url: str | None = None,
     ) -> None:
         if serving_runtime not in SERVING_RUNTIMES:
             raise KServeError(
@@ -122,6 +125,11 @@ class KServeTarget:
         self.restore_timeout_s = restore_timeout_s
         self.serving_runtime = serving_runtime
         self.serving_image = serving_image
+        # KServe's logger posts every request and response to the log sink (None: the namespace's
+        # fashion-log-sink Service; "": no logger).
+        if inference_log_url is None:
+            inference_log_url = f"http://{LOG_SINK_SERVICE}.{namespace}.svc.cluster.local/"
+        self.inference_log_url = inference_log_url
         self._api_client = api_client
         self._api: Any = None
         # Set by deploy_canary: the newest revision before our patch (readiness needs a newer one) and the
@@ -297,6 +305,12 @@ class KServeTarget:
             "model": None,
             "containers": None,
         }
+        # Each revision logs under its own version: TF Serving's answers name none, so the sink URL does.
+        predictor["logger"] = (
+            {"mode": "all", "url": f"{self.inference_log_url}?{urlencode({'version': version})}"}
+            if self.inference_log_url
+            else None
+        )
         if self.serving_runtime == "custom":
             predictor["containers"] = [self._custom_container(storage_uri)]
         else:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,9 @@ def test_first_deployment_creates_the_inference_service_with_the_pinned_runtime_
     assert DEFAULT_RUNTIME_VERSION == "2.20.0"  # the newest TF Serving image; there is no 2.21 (serving#4130)
     assert predictor["serviceAccountName"] == "fashion-mnist-predictor"
     assert predictor["canaryTrafficPercent"] == percent
+    # KServe's logger: every request and response to the namespace's log sink, under this revision's version.
+    sink = f"http://fashion-log-sink.{namespace}.svc.cluster.local/"
+    assert predictor["logger"] == {"mode": "all", "url": f"{sink}?version={models.a}"}
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
     assert annotations["serving.kserve.io/enable-tag-routing"] == "true"
@@ -562,3 +567,62 @@ def test_a_first_rollout_waits_as_long_as_knatives_progress_deadline_for_cold_im
 
     assert record["outcome"] == "promoted" and kserve.live_version() == models.a
     assert {c["name"]: c["threshold"] for c in record["checks"]}["ready"] == FIRST_READY_TIMEOUT_S == 600
+
+
+def test_the_logger_brings_each_revisions_traffic_to_the_log_sink_under_its_version(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str, tmp_path: Path
+) -> None:
+    """KServe's agent (as the simulator follows it) posts CloudEvents to a real `log-sink`, which writes records."""
+    from conftest import CLI
+
+    from steps.monitoring import read_window
+
+    store = open_store(str(tmp_path / "log-store"))  # its own store: only this test's traffic
+    port = free_port()
+    sink = subprocess.Popen(
+        [CLI, "--store", store.uri, "log-sink", "--port", str(port), "--batch", "5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        started = time.time()
+        target = make_target(sim, api_client, namespace, inference_log_url=f"http://127.0.0.1:{port}/")
+        deploy_and_promote(target, models, models.a)
+        target.deploy_canary(models.b, models.uri(models.b), 50)
+        target.wait_ready(models.b, READY_TIMEOUT_S)
+        served = served_versions(sim, namespace, models, 30)
+        deadline = time.monotonic() + 30
+        while sum(r.logged for r in sim.revisions(namespace, NAME)) < 2 * 30 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        sink.terminate()
+        sink.wait(timeout=60)
+
+    assert sink.returncode == 0
+    assert set(served) == {models.a, models.b}
+    for version, count in served.items():
+        window = read_window(store, "fashion-mnist", version, started - 1, time.time() + 1)
+        assert len(window.records) == count and window.skipped == []  # one image each, paired request/response
+        assert {r["role"] for r in window.records} == {"served"}
+
+
+def test_a_logger_without_a_mode_is_refused_as_kserves_webhook_refuses_it(
+    sim: KServeSim, api_client: Any, models: Models, namespace: str
+) -> None:
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    manifest = KServeTarget(namespace).manifest(models.a, models.uri(models.a))
+    manifest["spec"]["predictor"]["logger"] = {"url": "http://sink/"}  # nothing defaults the mode
+    with pytest.raises(ApiException) as refused:
+        CustomObjectsApi(api_client).create_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", namespace, "inferenceservices", manifest
+        )
+    assert refused.value.status == 400 and "invalid logger type" in str(refused.value.body)  # a webhook denial

@@ -9,6 +9,7 @@ while it writes leaves no torn record behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -145,3 +146,53 @@ def test_a_server_killed_while_it_logs_leaves_no_torn_record(served: Registry, t
     assert window.skipped == []  # every file whole, every line a record
     assert 0 < len(window.records) <= sum(sent) + 10
     assert all(r["version"] == trained_store.good for r in window.records)
+
+
+class RecordedRuns:
+    """The run queue as the webhook sees it: what was submitted (this test is about the event, not the run)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, dict[str, str]]] = []
+
+    def submit(self, name: str, parameters: dict[str, str], *args: Any) -> None:
+        self.submitted.append((name, parameters))
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        return {"name": name, "phase": "Pending"} if any(n == name for n, _ in self.submitted) else None
+
+
+def test_the_clusters_drift_check_posts_one_retrain_per_episode_to_the_webhook(
+    served: Registry, trained_store: TrainedStore, tmp_path: Path
+) -> None:
+    """`drift-check` (the CronWorkflow's step) speaks the webhook contract; `up`'s webhook receiver answers as the
+    cluster's EventSource and Sensor would (one run per event id)."""
+    from workflows.triggers.webhook import EventLog, WebhookServer
+
+    data = load_dataset(trained_store.dataset_uri)
+    server = ServerProcess(served.store.uri, "--log-sample-rate", "1")
+    try:
+        PredictionClient(server.url, batch_size=50).predict(255 - data.x_test[:400].astype(np.float32))
+    finally:
+        server.stop()
+    runs = RecordedRuns()
+    webhook = WebhookServer("127.0.0.1", 0, "s3cret", EventLog(served.store), runs)  # type: ignore[arg-type]
+    webhook.start()
+    try:
+        url = f"http://127.0.0.1:{webhook.port}/retrain"
+        env = {"FASHION_PIPELINE_WEBHOOK_TOKEN": "s3cret", "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+        env |= {k: v for k, v in os.environ.items() if k.startswith(("FASHION_MNIST", "TF_"))}
+        argv = [CLI, "--store", served.store.uri, "drift-check", "--webhook-url", url, "--out", str(tmp_path / "o")]
+        checks = [subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env) for _ in range(2)]
+        no_token = subprocess.run(
+            argv, capture_output=True, text=True, timeout=300, env={**env, "FASHION_PIPELINE_WEBHOOK_TOKEN": ""}
+        )
+    finally:
+        webhook.shutdown()
+
+    assert [c.returncode for c in checks] == [0, 0], checks[0].stderr[-2000:]
+    assert all(f"{trained_store.good}: DRIFTED: drift: " in c.stdout for c in checks)
+    [(name, parameters)] = runs.submitted  # the second check found the episode open: no second event
+    assert name.startswith("retrain-drift-") and parameters["reason"].startswith("drift ")
+    assert (tmp_path / "o" / "drift.json").is_file() and (tmp_path / "o" / "drift.png").is_file()
+    assert no_token.returncode == 1 and "needs the webhook's token" in no_token.stderr
+    assert "Traceback" not in no_token.stderr

@@ -151,3 +151,55 @@ def monitor(
         mark = "✗" if measured["drifted"] else "✓"
         typer.echo(f"  {mark} {name:<20} {measured['value']:.4f}  threshold {measured['threshold']:g}")
     typer.echo(f"report      {out / 'drift.json'}, {out / 'drift.png'}; {report['report_uri']}")
+
+
+@app.command("log-sink", rich_help_panel=PANEL)
+def log_sink(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port KServe's logger posts to.")] = 8080,
+    sample_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of requests kept.")] = 1.0,
+    batch: Annotated[int, typer.Option(min=1, help="Records per inference-log object written.")] = 512,
+) -> None:
+    """Receive KServe's logger CloudEvents (the InferenceService's `logger.url`) into the store's inference log.
+
+    On a cluster this runs as the Deployment fashion-log-sink (argo/monitoring.yaml); `monitor` reads what it writes.
+    """
+    from steps.monitoring import InferenceLog, LogSink
+    from steps.registry import MODEL_NAME
+    from steps.serving.log_sink import LogSinkServer
+    from workflows.shutdown import Shutdown
+
+    shutdown = Shutdown("log-sink").install()
+    inference_log = InferenceLog(open_registry().store, MODEL_NAME, sample_rate, batch_records=batch)
+    inference_log.start()
+    server = LogSinkServer(host, port, LogSink(inference_log))
+    server.start()
+    typer.echo(f"log-sink: POST http://{host}:{server.port}/?version=<version> (KServe logger CloudEvents)")
+    shutdown.requested.wait()
+    server.stop()
+
+
+@app.command("drift-check", rich_help_panel=PANEL)
+def drift_check(
+    namespace: Annotated[str, typer.Option(help="The namespace of the retrain webhook.")] = "fashion",
+    webhook_url: Annotated[
+        str | None, typer.Option(help="The retrain webhook (default: the namespace's EventSource service).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where drift.json and drift.png go.")] = Path("outputs/drift"),
+) -> None:
+    """One drift check of the production model; a new drift episode POSTs one retrain to the webhook.
+
+    What the CronWorkflow fashion-drift-check runs on a cluster. The token comes from
+    FASHION_PIPELINE_WEBHOOK_TOKEN; the thresholds are the operator's (DriftPolicy defaults).
+    """
+    import os
+
+    from workflows.triggers.drift import WebhookDrift
+    from workflows.triggers.webhook_sensor import webhook_url as default_url
+
+    token = os.environ.get("FASHION_PIPELINE_WEBHOOK_TOKEN", "")
+    checker = WebhookDrift(open_registry(), webhook_url or default_url(namespace), token)
+    report = checker.check(out=out)
+    verdict = {True: "DRIFTED", False: "no drift", None: "no verdict"}[report["drifted"]]
+    typer.echo(f"{report['version']}: {verdict}: {report['reason']}")
+    typer.echo(f"report      {out / 'drift.json'}, {out / 'drift.png'}; {report['report_uri']}")

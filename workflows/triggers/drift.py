@@ -21,7 +21,11 @@ from typing import Any
 from steps.drift import DriftPolicy, check_drift
 from steps.errors import UserError
 from steps.registry import Registry
+from steps.targets.kserve import LOG_SINK_SERVICE
+from workflows import pipeline, templates, trigger
+from workflows.arguments import ARGUMENTS, DEFAULT_S3_ENDPOINT, DEFAULT_STORE
 from workflows.engine import RunQueue
+from workflows.triggers import webhook_sensor
 from workflows.triggers.base import WriteOnceLog
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,11 @@ class DriftWatcher:
     """`up`'s drift trigger: a check every `check_s` seconds while it runs."""
 
     def __init__(
-        self, registry: Registry, runs: RunQueue, policy: DriftPolicy | None = None, check_s: float = DEFAULT_CHECK_S
+        self,
+        registry: Registry,
+        runs: RunQueue | None,
+        policy: DriftPolicy | None = None,
+        check_s: float = DEFAULT_CHECK_S,
     ) -> None:
         self.registry = registry
         self.runs = runs
@@ -56,6 +64,8 @@ class DriftWatcher:
         )
 
     def requeue_unstarted(self) -> int:
+        if self.runs is None:
+            return 0
         count = 0
         for record in self.log.read_all(suffix=".json"):
             if "run" in record and self.runs.status(record["run"]) is None:
@@ -80,14 +90,15 @@ class DriftWatcher:
             except Exception:
                 log.exception("drift check failed; trying again in %g s", self.check_s)
 
-    def check(self, end: float | None = None) -> dict[str, Any]:
-        """One check of the production version; queues `drift-<window id>` if it opens an episode."""
+    def check(self, end: float | None = None, out: Path | None = None) -> dict[str, Any]:
+        """One check of the production version; starts `drift-<window id>` if it opens an episode."""
         production = self.registry.alias("production")
         if production is None:
             raise UserError("no production model: nothing is served to check")
         version = production["version"]
-        with tempfile.TemporaryDirectory(prefix="drift-") as out:
-            report = check_drift(self.registry, version, time.time() if end is None else end, self.policy, Path(out))
+        with tempfile.TemporaryDirectory(prefix="drift-") as scratch:
+            end = time.time() if end is None else end
+            report = check_drift(self.registry, version, end, self.policy, out or Path(scratch))
         episode_key = f"{version}/{OPEN}"
         episode = self.registry.store.read_json(f"{DRIFT_LOG}/{episode_key}") if self.log.exists(episode_key) else {}
         if report["drifted"] is None:
@@ -116,12 +127,189 @@ class DriftWatcher:
             "report": report["report_uri"],
             "window": report["window"],
         }
-        if self.log.write(f"{version}/{window_id}.json", record):
-            self._submit(record)
+        if self._launch(f"{version}/{window_id}.json", record):
             log.warning("%s; retraining: %s", report["reason"], record["run"])
         self.registry.store.replace_json(f"{DRIFT_LOG}/{version}/{OPEN}", {"open": True, "window_id": window_id})
 
+    def _launch(self, name: str, record: dict[str, Any]) -> bool:
+        """Log, then queue (the queue is in memory: `requeue_unstarted` restarts what a crash left logged)."""
+        if not self.log.write(name, record):
+            return False
+        self._submit(record)
+        return True
+
     def _submit(self, record: dict[str, Any]) -> None:
+        assert self.runs is not None
         reason = f"{record['reason'][:200]} (served version {record['version']})"
         details = {"report": record["report"], "window_id": record["window_id"], "version": record["version"]}
         self.runs.submit(record["run"], {"reason": reason}, "drift", None, details)
+
+
+class WebhookDrift(DriftWatcher):
+    """The cluster's drift check (the CronWorkflow fashion-drift-check): an episode's retrain goes through the webhook.
+
+    It POSTs the retrain payload to the webhook EventSource, the contract every event keeps: the event id
+    is the drift run's name, so the Sensor submits `retrain-drift-<window id>` once (AlreadyExists after),
+    and the reason names the window; the drift log in the store maps the window to its report.
+    """
+
+    def __init__(self, registry: Registry, webhook_url: str, token: str, policy: DriftPolicy | None = None) -> None:
+        super().__init__(registry, None, policy)
+        if not token:
+            raise UserError("the drift check needs the webhook's token: set FASHION_PIPELINE_WEBHOOK_TOKEN")
+        self.webhook_url, self.token = webhook_url, token
+
+    def _launch(self, name: str, record: dict[str, Any]) -> bool:
+        """Submit, then log: a POST that fails leaves no record, so the next check opens the episode again."""
+        if self.log.exists(name):
+            return False
+        self._submit(record)  # the Sensor dedups by event id: a repeat after a crash starts nothing
+        return self.log.write(name, record)
+
+    def _submit(self, record: dict[str, Any]) -> None:
+        import requests
+
+        payload = {"event_id": record["run"], "reason": f"drift {record['window_id']}: {record['reason']}"[:200]}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            response = requests.post(self.webhook_url, json=payload, headers=headers, timeout=30)
+        except requests.RequestException as exc:
+            raise UserError(f"cannot reach the retrain webhook {self.webhook_url}: {exc}") from exc
+        # 409: `up`'s own webhook has had this event (the cluster's EventSource answers 200 and the Sensor dedups).
+        if response.status_code >= 300 and response.status_code != 409:
+            raise UserError(f"the retrain webhook answered {response.status_code}: {response.text[:200]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster half: KServe's logger sink, and the drift check on a schedule
+# ---------------------------------------------------------------------------------------------
+
+CHECK_NAME = "fashion-drift-check"
+CHECK_SCHEDULE = "*/10 * * * *"
+CHECK_SERVICE_ACCOUNT = "fashion-pipeline-drift-check"
+SINK_PORT = 8080
+
+
+def _sink_env(namespace: str) -> list[dict[str, Any]]:
+    secret = {"name": templates.S3_SECRET}
+    return [
+        {"name": "FASHION_PIPELINE_STORE", "value": DEFAULT_STORE},
+        {"name": "S3_ENDPOINT", "value": DEFAULT_S3_ENDPOINT},
+        *(
+            {"name": key, "valueFrom": {"secretKeyRef": {**secret, "key": key}}}
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        ),
+    ]
+
+
+def log_sink_manifests(namespace: str = pipeline.NAMESPACE) -> list[dict[str, Any]]:
+    """`fashion-pipeline log-sink` as a Deployment and Service: where the InferenceService's logger posts.
+
+    The URL route (CloudEvents to a sink) over KServe's storage logger: the storage logger writes raw,
+    base64 request and response bodies (unpaired, its own layout, credentials through a `logger-sa`
+    ServiceAccount), which `monitor` would have to pair and decode again; the sink writes the very
+    records `serve --log-sample-rate` writes, with the store's own credentials. One Deployment, no token.
+    """
+    labels = {"app.kubernetes.io/name": LOG_SINK_SERVICE, "app.kubernetes.io/part-of": "fashion-pipeline"}
+    metadata = {"name": LOG_SINK_SERVICE, "namespace": namespace, "labels": labels}
+    container = {
+        "name": "log-sink",
+        "image": templates.SLIM_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["fashion-pipeline"],
+        "args": ["log-sink", "--host", "0.0.0.0", "--port", str(SINK_PORT)],
+        "env": _sink_env(namespace),
+        "ports": [{"name": "http", "containerPort": SINK_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": SINK_PORT}},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    pod_security = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata, "automountServiceAccountToken": False},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata,
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": LOG_SINK_SERVICE}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": LOG_SINK_SERVICE,
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security,
+                        "containers": [container],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "selector": {"app.kubernetes.io/name": LOG_SINK_SERVICE},
+                "ports": [{"name": "http", "port": 80, "targetPort": SINK_PORT}],
+            },
+        },
+    ]
+
+
+CHECK_STEP = templates.Step(
+    "drift-check",
+    "drift-check",
+    extra_args=("--namespace", "{{workflow.namespace}}", "--out", templates.OUTPUTS),
+    secret_env={"FASHION_PIPELINE_WEBHOOK_TOKEN": (webhook_sensor.WEBHOOK_SECRET, webhook_sensor.WEBHOOK_SECRET_KEY)},
+)
+
+
+def check_cron() -> dict[str, Any]:
+    """Every CHECK_SCHEDULE: one drift check of production; a new episode POSTs one retrain to the webhook."""
+    from hera.workflows import Artifact, CronWorkflow, NoneArchiveStrategy, Parameter
+    from hera.workflows import models as m
+
+    container = templates.container(CHECK_STEP, templates.Sizing("500m", "1Gi", 900))
+    container.outputs = [  # what the Argo UI shows of the check
+        Artifact(name=name, path=f"{templates.OUTPUTS}/{file}", archive=NoneArchiveStrategy(), optional=True)
+        for name, file in (("drift", "drift.json"), ("drift-plot", "drift.png"))
+    ]
+    cron = CronWorkflow(
+        name=CHECK_NAME,
+        namespace=pipeline.NAMESPACE,
+        annotations={
+            "workflows.argoproj.io/title": "Fashion-MNIST: drift of the production model",
+            "workflows.argoproj.io/description": (
+                f"At {CHECK_SCHEDULE}: measures the last window of the inference log against the production "
+                "model's training data; a new drift episode POSTs one retrain to the webhook."
+            ),
+        },
+        labels={"app.kubernetes.io/name": "fashion-pipeline", "app.kubernetes.io/part-of": "fashion-pipeline"},
+        schedules=[CHECK_SCHEDULE],
+        timezone="Etc/UTC",
+        concurrency_policy="Forbid",
+        starting_deadline_seconds=300,
+        successful_jobs_history_limit=3,
+        failed_jobs_history_limit=5,
+        entrypoint="drift-check",
+        service_account_name=CHECK_SERVICE_ACCOUNT,
+        active_deadline_seconds=1200,
+        pod_gc=m.PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=m.TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
+        security_context=templates.POD_SECURITY,
+        arguments=[
+            *(
+                Parameter(name=a.name, value=a.argo_default, description=a.spec.description)
+                for a in ARGUMENTS
+                if a.name in ("store", "s3_endpoint")
+            ),
+            Parameter(name=trigger.ARGUMENT, value=trigger.summary("schedule", f"cronworkflow/{CHECK_NAME}")),
+        ],
+    )
+    cron.templates = [container]
+    return cron.to_dict()
+
+
+def manifests() -> list[dict[str, Any]]:
+    return [*log_sink_manifests(), check_cron()]

@@ -49,6 +49,11 @@ TRIGGER = "retrain"
 WORKFLOW_NAME_PREFIX = "retrain-"
 
 
+def webhook_url(namespace: str = NAMESPACE) -> str:
+    """The EventSource's Service inside the cluster (Argo Events names it `<name>-eventsource-svc`)."""
+    return f"http://{EVENT_SOURCE}-eventsource-svc.{namespace}.svc.cluster.local:{WEBHOOK_PORT}{WEBHOOK_ENDPOINT}"
+
+
 def event_bus() -> dict[str, Any]:
     """JetStream, pinned: `latest` would change under a running cluster."""
     return {
