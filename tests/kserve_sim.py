@@ -13,6 +13,9 @@ each rule names the upstream file and function it follows (paths under pkg/ unle
   traffic, observedGeneration) and the condition set;
 - `controller/v1beta1/inferenceservice/reconcilers/ingress/ingress_reconciler.go` Reconcile (URL);
 - `apis/serving/v1beta1/inference_service_validation.go` (the validating webhook).
+- `apis/serving/v1beta1/component.go` validateLogger, `components/component.go` addLoggerAnnotations, and
+  KServe's agent (`pkg/logger/worker.go`): a revision whose template has the logger annotations POSTs
+  each request and each 200 response to the sink URL as a CloudEvent (binary mode, `ce-*` headers).
 Knative Serving (1.21) is reduced to what KServe reads: a Configuration creates a revision when the
 template changes, the Route resolves `latestRevision: true` to the latest *ready* revision, and the
 Service status carries both, with its own generation.

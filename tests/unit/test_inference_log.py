@@ -171,3 +171,12 @@ def test_psi_and_ks_behave_as_their_definitions() -> None:
     x = np.linspace(0, 1, 500)
     assert ks_statistic(x, x) == 0
     assert ks_statistic(x, x + 2) == 1
+
+
+def test_a_model_whose_card_names_no_training_data_is_a_one_line_reason() -> None:
+    from steps.drift import check_reference
+    from steps.errors import UserError
+
+    with pytest.raises(UserError, match=r"^model v9 has no training dataset on its card: nothing to compare with$"):
+        check_reference({"version": "v9", "dataset": {}})
+    assert check_reference({"dataset": {"uri": "s3://b/d", "digest": "abc"}}) == ("s3://b/d", "abc", None)
