@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ from steps.drift import DriftPolicy, check_drift
 from steps.errors import UserError
 from steps.registry import Registry
 from steps.targets.kserve import LOG_SINK_SERVICE
-from workflows import pipeline, templates, trigger
-from workflows.arguments import ARGUMENTS, DEFAULT_S3_ENDPOINT, DEFAULT_STORE
+from workflows import pipeline, templates
+from workflows.arguments import DEFAULT_S3_ENDPOINT, DEFAULT_STORE
 from workflows.engine import RunQueue
 from workflows.triggers import webhook_sensor
-from workflows.triggers.base import WriteOnceLog
+from workflows.triggers.base import Polling, WriteOnceLog, cron_workflow
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ def run_name(window_id: str) -> str:
     return f"{RUN_PREFIX}{window_id}"
 
 
-class DriftWatcher:
-    """`up`'s drift trigger: a check every `check_s` seconds while it runs."""
+class DriftWatcher(Polling):
+    """`up`'s drift trigger: a check every `check_s` seconds while it runs (the first after `check_s`)."""
 
     def __init__(
         self,
@@ -50,18 +49,15 @@ class DriftWatcher:
         policy: DriftPolicy | None = None,
         check_s: float = DEFAULT_CHECK_S,
     ) -> None:
+        super().__init__("drift", check_s, first_at_once=False)
         self.registry = registry
         self.runs = runs
         self.policy = policy or DriftPolicy()
-        self.check_s = check_s
         self.log = WriteOnceLog(registry.store, DRIFT_LOG)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drift", daemon=True)
 
     def describe(self) -> str:
-        return (
-            f"drift: the production model's last {self.policy.window_s:g} s of traffic checked every {self.check_s:g} s"
-        )
+        window, every = f"{self.policy.window_s:g}", f"{self.every_s:g}"
+        return f"drift: the production model's last {window} s of traffic checked every {every} s"
 
     def requeue_unstarted(self) -> int:
         if self.runs is None:
@@ -73,22 +69,8 @@ class DriftWatcher:
                 count += 1
         return count
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.check_s):
-            try:
-                self.check()
-            except UserError as exc:  # nothing served yet, no training data: say why, keep watching
-                log.info("drift check: %s", exc)
-            except Exception:
-                log.exception("drift check failed; trying again in %g s", self.check_s)
+    def poll(self) -> dict[str, Any]:
+        return self.check()
 
     def check(self, end: float | None = None, out: Path | None = None) -> dict[str, Any]:
         """One check of the production version; starts `drift-<window id>` if it opens an episode."""
@@ -267,48 +249,19 @@ CHECK_STEP = templates.Step(
 
 def check_cron() -> dict[str, Any]:
     """Every CHECK_SCHEDULE: one drift check of production; a new episode POSTs one retrain to the webhook."""
-    from hera.workflows import Artifact, CronWorkflow, NoneArchiveStrategy, Parameter
-    from hera.workflows import models as m
+    from hera.workflows import Artifact, NoneArchiveStrategy
 
     container = templates.container(CHECK_STEP, templates.Sizing("500m", "1Gi", 900))
     container.outputs = [  # what the Argo UI shows of the check
         Artifact(name=name, path=f"{templates.OUTPUTS}/{file}", archive=NoneArchiveStrategy(), optional=True)
         for name, file in (("drift", "drift.json"), ("drift-plot", "drift.png"))
     ]
-    cron = CronWorkflow(
-        name=CHECK_NAME,
-        namespace=pipeline.NAMESPACE,
-        annotations={
-            "workflows.argoproj.io/title": "Fashion-MNIST: drift of the production model",
-            "workflows.argoproj.io/description": (
-                f"At {CHECK_SCHEDULE}: measures the last window of the inference log against the production "
-                "model's training data; a new drift episode POSTs one retrain to the webhook."
-            ),
-        },
-        labels={"app.kubernetes.io/name": "fashion-pipeline", "app.kubernetes.io/part-of": "fashion-pipeline"},
-        schedules=[CHECK_SCHEDULE],
-        timezone="Etc/UTC",
-        concurrency_policy="Forbid",
-        starting_deadline_seconds=300,
-        successful_jobs_history_limit=3,
-        failed_jobs_history_limit=5,
-        entrypoint="drift-check",
-        service_account_name=CHECK_SERVICE_ACCOUNT,
-        active_deadline_seconds=1200,
-        pod_gc=m.PodGC(strategy="OnPodSuccess"),
-        ttl_strategy=m.TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
-        security_context=templates.POD_SECURITY,
-        arguments=[
-            *(
-                Parameter(name=a.name, value=a.argo_default, description=a.spec.description)
-                for a in ARGUMENTS
-                if a.name in ("store", "s3_endpoint")
-            ),
-            Parameter(name=trigger.ARGUMENT, value=trigger.summary("schedule", f"cronworkflow/{CHECK_NAME}")),
-        ],
+    description = (
+        f"At {CHECK_SCHEDULE}: measures the last window of the inference log against the production "
+        "model's training data; a new drift episode POSTs one retrain to the webhook."
     )
-    cron.templates = [container]
-    return cron.to_dict()
+    title = "Fashion-MNIST: drift of the production model"
+    return cron_workflow(CHECK_NAME, title, description, CHECK_SCHEDULE, container, CHECK_SERVICE_ACCOUNT, 1200, 86400)
 
 
 def manifests() -> list[dict[str, Any]]:

@@ -20,13 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hera.workflows import CronWorkflow, Parameter
-from hera.workflows import models as m
-
 from steps.errors import UserError
 from steps.storage import ObjectExists, Store
-from workflows import arguments, pipeline, templates, trigger
+from workflows import pipeline, templates, trigger
 from workflows.triggers import drop_sensor
+from workflows.triggers.base import cron_workflow
 from workflows.triggers.drops import DropScanner
 
 log = logging.getLogger(__name__)
@@ -125,42 +123,11 @@ STEP = templates.Step(
 SIZING = templates.Sizing("250m", "512Mi", 600)
 
 
-def build() -> CronWorkflow:
-    cron = CronWorkflow(
-        name=NAME,
-        namespace=pipeline.NAMESPACE,
-        annotations={
-            "workflows.argoproj.io/title": "Fashion-MNIST: data drops the Sensor missed",
-            "workflows.argoproj.io/description": (
-                f"At {SCHEDULE}: submits drop-<drop_id> from {pipeline.NAME} for each valid drop in the "
-                "store's incoming/ that has no run yet (MinIO's notifications have no replay)."
-            ),
-        },
-        labels={"app.kubernetes.io/name": "fashion-pipeline", "app.kubernetes.io/part-of": "fashion-pipeline"},
-        schedules=[SCHEDULE],
-        timezone="Etc/UTC",
-        concurrency_policy="Forbid",
-        starting_deadline_seconds=300,
-        successful_jobs_history_limit=3,
-        failed_jobs_history_limit=5,
-        entrypoint="reconcile-drops",
-        service_account_name=SERVICE_ACCOUNT,
-        active_deadline_seconds=900,
-        pod_gc=m.PodGC(strategy="OnPodSuccess"),
-        ttl_strategy=m.TTLStrategy(seconds_after_success=3600, seconds_after_failure=7 * 86400),
-        security_context=templates.POD_SECURITY,
-        arguments=[
-            *(
-                Parameter(name=a.name, value=a.argo_default, description=a.spec.description)
-                for a in arguments.ARGUMENTS
-                if a.name in ("store", "s3_endpoint")
-            ),
-            Parameter(name=trigger.ARGUMENT, value=trigger.summary("schedule", VIA)),
-        ],
-    )
-    cron.templates = [templates.container(STEP, SIZING)]
-    return cron
-
-
 def manifest() -> dict[str, Any]:
-    return build().to_dict()
+    description = (
+        f"At {SCHEDULE}: submits drop-<drop_id> from {pipeline.NAME} for each valid drop in the "
+        "store's incoming/ that has no run yet (MinIO's notifications have no replay)."
+    )
+    template = templates.container(STEP, SIZING)
+    title = "Fashion-MNIST: data drops the Sensor missed"
+    return cron_workflow(NAME, title, description, SCHEDULE, template, SERVICE_ACCOUNT, 900, 3600)

@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 from steps.lineage import DROP_MANIFEST
 from workflows import arguments, pipeline, trigger
 from workflows.arguments import DEFAULT_S3_ENDPOINT, DEFAULT_STORE, argo_string
-from workflows.triggers import webhook_sensor
-from workflows.triggers.base import EVENT_BUS, LABELS, metadata, submit_sensor
+from workflows.triggers import base, webhook_sensor
+from workflows.triggers.base import LABELS, submit_sensor
 from workflows.triggers.drops import (
     CREATED,
     DROP_ID,
@@ -70,26 +70,16 @@ def event_source(store_uri: str = DEFAULT_STORE, endpoint: str = DEFAULT_S3_ENDP
     bucket, incoming = _bucket_and_prefix(store_uri)
     parsed = urlparse(endpoint)
     secret = {"name": "fashion-pipeline-s3"}
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "EventSource",
-        "metadata": metadata(EVENT_SOURCE),
-        "spec": {
-            "eventBusName": EVENT_BUS,
-            "template": {"serviceAccountName": EVENT_SOURCE_SERVICE_ACCOUNT},
-            "minio": {
-                EVENT_NAME: {
-                    "bucket": {"name": bucket},
-                    "endpoint": parsed.netloc,
-                    "insecure": parsed.scheme == "http",
-                    "events": list(EVENTS),
-                    "filter": {"prefix": incoming, "suffix": DROP_MANIFEST},
-                    "accessKey": {**secret, "key": "AWS_ACCESS_KEY_ID"},
-                    "secretKey": {**secret, "key": "AWS_SECRET_ACCESS_KEY"},
-                }
-            },
-        },
+    source = {
+        "bucket": {"name": bucket},
+        "endpoint": parsed.netloc,
+        "insecure": parsed.scheme == "http",
+        "events": list(EVENTS),
+        "filter": {"prefix": incoming, "suffix": DROP_MANIFEST},
+        "accessKey": {**secret, "key": "AWS_ACCESS_KEY_ID"},
+        "secretKey": {**secret, "key": "AWS_SECRET_ACCESS_KEY"},
     }
+    return base.event_source(EVENT_SOURCE, EVENT_SOURCE_SERVICE_ACCOUNT, minio={EVENT_NAME: source})
 
 
 def sensor(store_uri: str = DEFAULT_STORE) -> dict[str, Any]:

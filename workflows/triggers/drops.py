@@ -24,7 +24,6 @@ import copy
 import hashlib
 import json
 import logging
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from steps.lineage import DROP_MANIFEST
 from steps.registry import utc_now
 from steps.storage import NotFound, S3Store, Store
 from workflows.engine import RunQueue
-from workflows.triggers.base import WriteOnceLog, event_arguments
+from workflows.triggers.base import Polling, WriteOnceLog, event_arguments
 from workflows.triggers.payload import (
     DATA_URL,
     EVENT_ID,
@@ -340,36 +339,20 @@ class DropScanner(ABC):
         return manifest, problems
 
 
-class DropWatcher(DropScanner):
+class DropWatcher(DropScanner, Polling):
     """`up`'s watcher: polls `incoming/` and queues each drop's run on the local run queue."""
 
     def __init__(self, store: Store, runs: RunQueue, poll_s: float = DEFAULT_POLL_S) -> None:
-        super().__init__(store)
+        DropScanner.__init__(self, store)
+        Polling.__init__(self, "drops", poll_s)
         self.runs = runs
         self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drops", daemon=True)
 
     def describe(self) -> str:
         return f"data drops: watching {self.store.uri_of(INCOMING + '/')} every {self.poll_s:g} s"
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan()
-            except UserError as exc:  # the store may be unreachable for a while: keep watching
-                log.warning("cannot watch %s: %s", self.store.uri_of(INCOMING), exc)
-            except Exception:  # one bad drop must not stop the watching
-                log.exception("watching %s failed; trying again", self.store.uri_of(INCOMING))
-            self._stop.wait(self.poll_s)
+    def poll(self) -> list[Outcome]:
+        return self.scan()
 
     def _launch(self, record: dict[str, Any]) -> str:
         # The log first: the queue is in memory, and requeue_unstarted restarts what a crash left queued.

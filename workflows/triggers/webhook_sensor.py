@@ -19,6 +19,7 @@ import numpy as np
 
 from workflows import arguments, pipeline, trigger
 from workflows.arguments import argo_string
+from workflows.triggers import base
 from workflows.triggers.base import EVENT_BUS, LABELS, metadata, submit_sensor
 from workflows.triggers.drops import CREATED_PATTERN
 from workflows.triggers.payload import (
@@ -66,25 +67,15 @@ def event_bus() -> dict[str, Any]:
 
 def event_source() -> dict[str, Any]:
     """The webhook: bearer token from a Secret, a payload cap, and a Service `<name>-eventsource-svc`."""
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "EventSource",
-        "metadata": metadata(EVENT_SOURCE),
-        "spec": {
-            "eventBusName": EVENT_BUS,
-            "template": {"serviceAccountName": EVENT_SOURCE_SERVICE_ACCOUNT},
-            "service": {"ports": [{"name": "webhook", "port": WEBHOOK_PORT, "targetPort": WEBHOOK_PORT}]},
-            "webhook": {
-                EVENT_NAME: {
-                    "port": str(WEBHOOK_PORT),
-                    "endpoint": WEBHOOK_ENDPOINT,
-                    "method": "POST",
-                    "authSecret": {"name": WEBHOOK_SECRET, "key": WEBHOOK_SECRET_KEY},
-                    "maxPayloadSize": MAX_PAYLOAD_BYTES,
-                }
-            },
-        },
+    webhook = {
+        "port": str(WEBHOOK_PORT),
+        "endpoint": WEBHOOK_ENDPOINT,
+        "method": "POST",
+        "authSecret": {"name": WEBHOOK_SECRET, "key": WEBHOOK_SECRET_KEY},
+        "maxPayloadSize": MAX_PAYLOAD_BYTES,
     }
+    service = {"ports": [{"name": "webhook", "port": WEBHOOK_PORT, "targetPort": WEBHOOK_PORT}]}
+    return base.event_source(EVENT_SOURCE, EVENT_SOURCE_SERVICE_ACCOUNT, service=service, webhook={EVENT_NAME: webhook})
 
 
 def sensor() -> dict[str, Any]:
