@@ -318,3 +318,32 @@ def test_a_sigkilled_engine_leaves_no_container_and_one_left_earlier_is_removed_
         again.stderr
     )
     assert not _containers_of("old-run") and not _containers_of("next")
+
+
+def test_the_log_sink_runs_in_the_slim_image_as_its_deployment_runs_it(step_image: str, tmp_path: Path) -> None:
+    """argo/monitoring.yaml runs `log-sink` in the slim image: it must start there and answer its probe."""
+    import requests
+    from conftest import free_port
+
+    from workflows.triggers.drift import log_sink_manifests
+
+    [deployment] = [d for d in log_sink_manifests() if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == templates.SLIM_IMAGE
+    port = free_port()
+    args = [a if a != "8080" else str(port) for a in container["args"]]
+    name = f"log-sink-{port}"
+    run = ["podman", "run", "-d", "--rm", "--name", name, "--network", "host", "--user", "10001:10001"]
+    env = ["-e", "FASHION_PIPELINE_STORE=/tmp/store"]
+    subprocess.run([*run, *env, templates.SLIM_IMAGE, *container["command"], *args], check=True, capture_output=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code
+            except requests.RequestException:
+                time.sleep(0.3)
+        logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True).stdout
+        assert status == 200, logs
+    finally:
+        subprocess.run(["podman", "rm", "--force", name], capture_output=True)
