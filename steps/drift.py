@@ -188,7 +188,7 @@ def check_drift(registry: Any, version: str, end: float, policy: DriftPolicy, ou
     # One report per check, written once: two checks of the same window keep both.
     stamp = datetime.fromtimestamp(end, UTC).strftime("%Y%m%dT%H%M%SZ")
     key = f"{version_prefix(registry.name, version)}/drift/{stamp}-{uuid.uuid4().hex[:8]}.json"
-    report["report_uri"] = registry.store.uri_of(key)
+    report["report_uri"], report["report_key"] = registry.store.uri_of(key), key
     written = write_report(report, window, reference, out)
     registry.store.write_bytes(key, written[0].read_bytes())
     registry.store.write_bytes(key.removesuffix(".json") + ".png", written[1].read_bytes())

@@ -50,7 +50,11 @@ def lineage_record(
         "cache_hit": result.cache_hit,
         "workflow": workflow,
         "drop": drop_summary(result.source) if from_drop else None,
-        "trigger": {key: started[key] for key in _TRIGGER_KEYS if key in started},
+        "trigger": {
+            **{key: started[key] for key in _TRIGGER_KEYS if key in started},
+            # what the event said it was for (a drift check on a cluster names its report here)
+            **({"reason": started["payload"]["reason"]} if "reason" in (started.get("payload") or {}) else {}),
+        },
         "fetched": utc_now(),
     }
 

@@ -193,6 +193,8 @@ def test_the_clusters_drift_check_posts_one_retrain_per_episode_to_the_webhook(
     assert all(f"{trained_store.good}: DRIFTED: drift: " in c.stdout for c in checks)
     [(name, parameters)] = runs.submitted  # the second check found the episode open: no second event
     assert name.startswith("retrain-drift-") and parameters["reason"].startswith("drift ")
+    reports = served.store.list(f"monitoring/fashion-mnist/{trained_store.good}/drift")
+    assert any(parameters["reason"].endswith(f" report {key}") for key in reports)  # the run's lineage keeps it
     assert (tmp_path / "o" / "drift.json").is_file() and (tmp_path / "o" / "drift.png").is_file()
     assert no_token.returncode == 1 and "needs the webhook's token" in no_token.stderr
     assert "Traceback" not in no_token.stderr

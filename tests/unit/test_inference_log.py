@@ -180,3 +180,41 @@ def test_a_model_whose_card_names_no_training_data_is_a_one_line_reason() -> Non
     with pytest.raises(UserError, match=r"^model v9 has no training dataset on its card: nothing to compare with$"):
         check_reference({"version": "v9", "dataset": {}})
     assert check_reference({"dataset": {"uri": "s3://b/d", "digest": "abc"}}) == ("s3://b/d", "abc", None)
+
+
+def test_the_lineage_keeps_what_an_event_said_it_was_for() -> None:
+    from steps.dataset import FetchResult
+    from steps.lineage import lineage_record
+
+    fetched = FetchResult("s3://b/d", "abc", "store", True, True, {"train": 1, "test": 1})
+    drift = {"by": "webhook", "via": "sensor/fashion-retrain", "payload": {"event_id": "drift-1", "reason": "drift x"}}
+    record = lineage_record(fetched, None, "retrain-drift-1", drift)
+    assert record["trigger"] == {"by": "webhook", "via": "sensor/fashion-retrain", "reason": "drift x"}
+    assert "reason" not in lineage_record(fetched, None, "w", {"by": "schedule", "via": "cron"})["trigger"]
+
+
+def test_the_drift_check_and_the_log_sink_run_with_least_privilege_and_the_slim_sink() -> None:
+    import yaml
+
+    from workflows.triggers import drift
+
+    repo = Path(__file__).resolve().parents[2]
+    documents = [d for d in yaml.safe_load_all((repo / "argo" / "rbac.yaml").read_text()) if d]
+    cron = drift.check_cron()
+    account = cron["spec"]["workflowSpec"]["serviceAccountName"]
+    [binding] = [d for d in documents if d["kind"] == "RoleBinding" and d["subjects"][0]["name"] == account]
+    [role] = [d for d in documents if d["kind"] == "Role" and d["metadata"]["name"] == binding["roleRef"]["name"]]
+    assert role["rules"] == [
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}
+    ]
+    [template] = cron["spec"]["workflowSpec"]["templates"]
+    env = {e["name"]: e for e in template["container"]["env"]}
+    assert env["FASHION_PIPELINE_WEBHOOK_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "fashion-pipeline-webhook",
+        "key": "token",
+    }
+    assert {a["name"] for a in template["outputs"]["artifacts"]} == {"drift", "drift-plot"}
+    sink = {d["kind"]: d for d in drift.log_sink_manifests()}
+    assert sink["ServiceAccount"]["automountServiceAccountToken"] is False
+    assert sink["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"].endswith("-slim")
+    assert sink["Service"]["metadata"]["name"] == "fashion-log-sink"

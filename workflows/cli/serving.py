@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from steps.errors import UserError
+from steps.serving.protocol import Protocol
 from workflows.cli.app import app, open_registry
 
 PANEL = "Serving"
@@ -84,7 +85,9 @@ def serve(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files, any size.")],
     url: Annotated[str, typer.Option(help="The model server or InferenceService URL.")] = "http://127.0.0.1:8080",
-    protocol: Annotated[str, typer.Option(help="v1 (TF Serving JSON) or v2 (Open Inference Protocol).")] = "v1",
+    protocol: Annotated[
+        Protocol, typer.Option(help="The wire protocol (steps/serving/protocol.py CODECS): v1 TF Serving JSON, v2 OIP.")
+    ] = Protocol.V1,
     host_header: Annotated[
         str | None, typer.Option(help="Host header, for an InferenceService behind an ingress.")
     ] = None,

@@ -33,6 +33,7 @@ DRIFT_LOG = "events/drift"
 RUN_PREFIX = "drift-"
 DEFAULT_CHECK_S = 600.0
 OPEN = "open.json"
+REASON_MAX = 200  # the retrain payload's reason (workflows/triggers/retrain-payload.schema.json)
 
 
 def run_name(window_id: str) -> str:
@@ -107,6 +108,7 @@ class DriftWatcher(Polling):
             "run": run_name(window_id),
             "reason": report["reason"],
             "report": report["report_uri"],
+            "report_key": report["report_key"],
             "window": report["window"],
         }
         if self._launch(f"{version}/{window_id}.json", record):
@@ -151,7 +153,11 @@ class WebhookDrift(DriftWatcher):
     def _submit(self, record: dict[str, Any]) -> None:
         import requests
 
-        payload = {"event_id": record["run"], "reason": f"drift {record['window_id']}: {record['reason']}"[:200]}
+        # The reason is what an event may say: the report's key in the store reaches the run's lineage.
+        reason = f"drift {record['window_id']}: report {record['report_key']}"
+        if len(reason) > REASON_MAX:
+            reason = f"drift {record['window_id']}: {record['reason']}"[:REASON_MAX]
+        payload = {"event_id": record["run"], "reason": reason}
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
             response = requests.post(self.webhook_url, json=payload, headers=headers, timeout=30)
