@@ -12,12 +12,13 @@ from typing import Any
 from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
 from hera.workflows import models as m
 
+from steps.targets import DEFAULT_NAMESPACE
 from workflows import arguments, templates
 from workflows.arguments import Argument, step_arguments
 from workflows.templates import Sizing, Step
 
 NAME = "fashion-mnist-train-deploy"
-NAMESPACE = "fashion"
+NAMESPACE = DEFAULT_NAMESPACE
 SERVICE_ACCOUNT = "fashion-pipeline-workflow"
 
 

@@ -71,12 +71,17 @@ class Target(Protocol):
         """Drop the canary: production keeps (or gets back) 100% of the traffic."""
 
 
+# Written once here: the embedded model server (`serve`, `up`) and the cluster namespace of everything.
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
+DEFAULT_NAMESPACE = "fashion"
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     """Everything a target may be built with; each factory reads the fields of its own target."""
 
-    server_url: str = "http://127.0.0.1:8080"  # local: the model server
-    namespace: str = "fashion"  # kserve: the InferenceService's namespace
+    server_url: str = DEFAULT_SERVER_URL  # local: the model server
+    namespace: str = DEFAULT_NAMESPACE  # kserve: the InferenceService's namespace
     probe_url: str | None = None  # kserve: probe through this base URL with a Host header
     serving_runtime: str = DEFAULT_SERVING_RUNTIME  # kserve: one of SERVING_RUNTIMES
     serving_image: str | None = None  # kserve, custom runtime: the image to run

@@ -11,9 +11,9 @@ from steps.errors import UserError
 from steps.registry import MODEL_NAME, Registry
 from steps.serving.probe import ProbeResult, probe_over_http
 from steps.serving.protocol import CODECS, ROUTE_HEADER, VERSION_HEADER, Protocol, ready_path
+from steps.targets import DEFAULT_SERVER_URL
 
 log = logging.getLogger(__name__)
-DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 _ACTOR = "rollout:local"
 
 

@@ -10,6 +10,7 @@ import typer
 
 from steps.errors import UserError
 from steps.serving.protocol import Protocol
+from steps.targets import DEFAULT_NAMESPACE, DEFAULT_SERVER_URL
 from workflows.cli.app import app, open_registry
 
 PANEL = "Serving"
@@ -84,7 +85,7 @@ def serve(
 @app.command(rich_help_panel=PANEL)
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files, any size.")],
-    url: Annotated[str, typer.Option(help="The model server or InferenceService URL.")] = "http://127.0.0.1:8080",
+    url: Annotated[str, typer.Option(help="The model server or InferenceService URL.")] = DEFAULT_SERVER_URL,
     protocol: Annotated[
         Protocol, typer.Option(help="The wire protocol (steps/serving/protocol.py CODECS): v1 TF Serving JSON, v2 OIP.")
     ] = Protocol.V1,
@@ -184,7 +185,7 @@ def log_sink(
 
 @app.command("drift-check", rich_help_panel=PANEL)
 def drift_check(
-    namespace: Annotated[str, typer.Option(help="The namespace of the retrain webhook.")] = "fashion",
+    namespace: Annotated[str, typer.Option(help="The namespace of the retrain webhook.")] = DEFAULT_NAMESPACE,
     webhook_url: Annotated[
         str | None, typer.Option(help="The retrain webhook (default: the namespace's EventSource service).")
     ] = None,

@@ -18,7 +18,7 @@ import typer
 
 from steps import hardware
 from steps.errors import UserError
-from steps.targets import READY_TIMEOUT_S
+from steps.targets import DEFAULT_NAMESPACE, DEFAULT_SERVER_URL, READY_TIMEOUT_S
 from workflows.arguments import Argument, Value, argo_string, step_arguments
 from workflows.cli.app import (
     EMBEDDED_TARGET,
@@ -295,8 +295,10 @@ def rollout(
             envvar="FASHION_PIPELINE_SERVER_URL",
             help="local target: the model server (if none answers, the registry is promoted).",
         ),
-    ] = "http://127.0.0.1:8080",
-    namespace: Annotated[str, typer.Option(help="kserve target: the InferenceService's namespace.")] = "fashion",
+    ] = DEFAULT_SERVER_URL,
+    namespace: Annotated[
+        str, typer.Option(help="kserve target: the InferenceService's namespace.")
+    ] = DEFAULT_NAMESPACE,
     probe_url: Annotated[
         str | None,
         typer.Option(
