@@ -442,6 +442,9 @@ class KServeSim:
                 for revision in service.revisions:
                     revision.stop_proxy()
             self._services.clear()
+            for backend in self._backends.values():  # all told first: they stop side by side
+                if backend.proc.poll() is None:
+                    backend.proc.terminate()
             for backend in self._backends.values():
                 backend.stop()
             self._backends.clear()
