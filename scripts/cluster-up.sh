@@ -248,11 +248,13 @@ install_fashion_pipeline() {
 
 # The step images every node must hold before anything is scheduled to run in them (IfNotPresent).
 load_step_images() {
-  local held image missing=()
+  local held image wanted missing=()
+  wanted="$("$BUILD_IMAGE" --print-image)" || die "cannot tell which step images to load ($BUILD_IMAGE --print-image failed)"
+  [[ -n "$wanted" ]] || die "$BUILD_IMAGE --print-image named no image"
   held=" $(kubectl get nodes -o 'jsonpath={.items[*].status.images[*].names[*]}') "
-  while read -r image; do
+  for image in $wanted; do
     [[ "$held" == *" $image "* ]] || missing+=("$image")
-  done < <("$BUILD_IMAGE" --print-image)
+  done
   if ((${#missing[@]})); then
     log "building and loading the step images the nodes lack: ${missing[*]}"
     "$BUILD_IMAGE" >>"$LOG" 2>&1 || die "the step images did not build or load; see $LOG"

@@ -72,9 +72,9 @@ def ks_statistic(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.max(np.abs(cdf_x - cdf_y)))
 
 
-def window_id(version: str, start: float, window_s: float) -> str:
-    """Names the window a check looked at: the same window checked twice has the same id."""
-    return hashlib.sha256(f"{version}:{int(start // window_s)}".encode()).hexdigest()[:12]
+def window_id(version: str, start: float, end: float) -> str:
+    """Names the window a check looked at: the same window checked twice has the same id, another window another."""
+    return hashlib.sha256(f"{version}:{start:.3f}:{end:.3f}".encode()).hexdigest()[:12]
 
 
 def measure(window: Window, reference: Reference, policy: DriftPolicy) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def measure(window: Window, reference: Reference, policy: DriftPolicy) -> dict[s
         if crossed
         else "no measure crossed its threshold"
     )
-    report["window_id"] = window_id(window.version, window.start, policy.window_s)
+    report["window_id"] = window_id(window.version, window.start, window.end)
     return report
 
 
@@ -151,8 +151,7 @@ def write_report(report: dict[str, Any], window: Window, reference: Reference, o
             axis.legend(fontsize=7)
     else:
         axes[0].text(0.05, 0.5, report["reason"], wrap=True)
-    verdict = {True: "DRIFTED", False: "no drift", None: "no verdict"}[report["drifted"]]
-    figure.suptitle(f"{report['version']}: {verdict} ({report['window']['records']} records)")
+    figure.suptitle(f"{report['version']}: {verdict(report)} ({report['window']['records']} records)")
     figure.tight_layout()
     figure.savefig(png_path, dpi=80)
     plt.close(figure)
@@ -193,3 +192,8 @@ def check_drift(registry: Any, version: str, end: float, policy: DriftPolicy, ou
     registry.store.write_bytes(key, written[0].read_bytes())
     registry.store.write_bytes(key.removesuffix(".json") + ".png", written[1].read_bytes())
     return report
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """The report's verdict in a word: DRIFTED, no drift, or no verdict (too few records)."""
+    return {True: "DRIFTED", False: "no drift", None: "no verdict"}[report["drifted"]]

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from steps.errors import UserError
 from steps.storage import Store
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class InferenceLog:
         self._random = random.Random()
         self._writer = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sequence = 0
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
 
     def start(self) -> None:
@@ -148,39 +150,47 @@ class InferenceLog:
             except queue.Empty:
                 item = ()
             if item is None:
-                self._flush(final=True)
+                self._flush()
                 return
             if item:
-                at, version, role, images, probabilities, class_ids = item
-                records = summarise(at, version, role, images, probabilities, class_ids)
-                if self.images:
-                    for record, image in zip(records, np.asarray(images, np.uint8), strict=True):
-                        record["image"] = image.ravel().tolist()
-                self._pending.setdefault(version, []).extend(records)
+                try:
+                    self._add(item)
+                except Exception:  # one bad item is counted, never the end of the writer
+                    self.counters.dropped_requests += 1
+                    log.exception("inference log: a request could not be summarised")
             full = any(len(records) >= self.batch_records for records in self._pending.values())
-            if full or time.monotonic() - last_flush >= self.flush_s:
+            due = full or time.monotonic() - last_flush >= self.flush_s
+            if due and time.monotonic() >= self._retry_at:
                 self._flush()
                 last_flush = time.monotonic()
 
-    def _flush(self, final: bool = False) -> None:
+    def _add(self, item: tuple[Any, ...]) -> None:
+        at, version, role, images, probabilities, class_ids = item
+        records = summarise(at, version, role, images, probabilities, class_ids)
+        if self.images:
+            for record, image in zip(records, np.asarray(images, np.uint8), strict=True):
+                record["image"] = image.ravel().tolist()
+        pending = self._pending.setdefault(version, [])
+        pending.extend(records)
+        over = sum(len(r) for r in self._pending.values()) - self.backlog_records
+        if over > 0:  # the store has been away a while: the oldest go, counted
+            del pending[:over]
+            self.counters.dropped_records += over
+
+    def _flush(self) -> None:
+        """Write what is pending; on a failure keep it and wait `retry_s` before the next try (the queue drains on)."""
         for version in list(self._pending):
             records = self._pending[version]
             while records:
-                batch, rest = records[: self.batch_records], records[self.batch_records :]
                 try:
-                    self._write(version, batch)
+                    self._write(version, records[: self.batch_records])
                 except Exception as exc:  # the store is down or refusing: keep the records, try later
                     self.counters.write_errors += 1
                     if self.counters.write_errors == 1 or self.counters.write_errors % 100 == 0:
                         log.warning("inference log: cannot write to %s (%s); keeping records", self.store.uri, exc)
-                    over = len(records) - self.backlog_records
-                    if over > 0:
-                        del records[:over]
-                        self.counters.dropped_records += over
-                    if not final:
-                        time.sleep(self.retry_s)
+                    self._retry_at = time.monotonic() + self.retry_s
                     return
-                records[:] = rest
+                del records[: self.batch_records]
             del self._pending[version]
 
     def _write(self, version: str, batch: list[dict[str, Any]]) -> None:
@@ -231,7 +241,7 @@ def read_window(store: Store, model: str, version: str, start: float, end: float
                 continue
             try:
                 text = store.read_bytes(key).decode()
-            except (OSError, UnicodeDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, UserError) as exc:  # UserError: gone since it was listed
                 window.skipped.append(f"{key}: unreadable ({exc})")
                 continue
             for number, line in enumerate(text.splitlines(), 1):
@@ -294,6 +304,9 @@ class LogSink:
             images = v1.images(json.loads(request))
             answer = v1.from_bytes(response, {})
         except (ValueError, BadRequest, BadResponse):
+            self.undecodable += 1
+            return
+        if len(images) != len(answer.class_ids):  # halves of two requests that shared an id
             self.undecodable += 1
             return
         self.log.record(version, "served", images, answer.probabilities, answer.class_ids)

@@ -131,7 +131,7 @@ def monitor(
     import time
     from dataclasses import replace
 
-    from steps.drift import DriftPolicy, check_drift
+    from steps.drift import DriftPolicy, check_drift, verdict
     from steps.parameters import check
 
     given: dict[str, Any] = {
@@ -146,11 +146,10 @@ def monitor(
     registry = open_registry()
     served = registry.resolve(version)
     report = check_drift(registry, served, time.time() if end is None else end, policy, out)
-    verdict = {True: "DRIFTED", False: "no drift", None: "no verdict"}[report["drifted"]]
     skipped = report["skipped"]["count"]
     typer.echo(f"version     {served}")
     typer.echo(f"window      {policy.window_s:g} s: {report['window']['records']} records ({skipped} skipped)")
-    typer.echo(f"verdict     {verdict}: {report['reason']}")
+    typer.echo(f"verdict     {verdict(report)}: {report['reason']}")
     for name, measured in report.get("measures", {}).items():
         mark = "✗" if measured["drifted"] else "✓"
         typer.echo(f"  {mark} {name:<20} {measured['value']:.4f}  threshold {measured['threshold']:g}")
@@ -198,12 +197,12 @@ def drift_check(
     """
     import os
 
+    from steps.drift import verdict
     from workflows.triggers.drift import WebhookDrift
     from workflows.triggers.webhook_sensor import webhook_url as default_url
 
     token = os.environ.get("FASHION_PIPELINE_WEBHOOK_TOKEN", "")
     checker = WebhookDrift(open_registry(), webhook_url or default_url(namespace), token)
     report = checker.check(out=out)
-    verdict = {True: "DRIFTED", False: "no drift", None: "no verdict"}[report["drifted"]]
-    typer.echo(f"{report['version']}: {verdict}: {report['reason']}")
+    typer.echo(f"{report['version']}: {verdict(report)}: {report['reason']}")
     typer.echo(f"report      {out / 'drift.json'}, {out / 'drift.png'}; {report['report_uri']}")

@@ -92,17 +92,17 @@ class DriftWatcher(Polling):
                 self.registry.store.replace_json(f"{DRIFT_LOG}/{episode_key}", {**episode, "open": False})
             else:
                 log.info("drift check of %s: %s", version, report["reason"])
-        elif episode.get("open"):
+        elif episode.get("open") and episode.get("launched", True):
             log.info(
                 "drift of %s goes on (episode %s, run started): %s", version, episode["window_id"], report["reason"]
             )
-        else:
-            self._open(version, report)
+        else:  # a new episode, or one whose run could not be started last time
+            self._open(version, episode.get("record") or self._record(version, report))
         return report
 
-    def _open(self, version: str, report: dict[str, Any]) -> None:
+    def _record(self, version: str, report: dict[str, Any]) -> dict[str, Any]:
         window_id = report["window_id"]
-        record = {
+        return {
             "version": version,
             "window_id": window_id,
             "run": run_name(window_id),
@@ -111,9 +111,15 @@ class DriftWatcher(Polling):
             "report_key": report["report_key"],
             "window": report["window"],
         }
-        if self._launch(f"{version}/{window_id}.json", record):
-            log.warning("%s; retraining: %s", report["reason"], record["run"])
-        self.registry.store.replace_json(f"{DRIFT_LOG}/{version}/{OPEN}", {"open": True, "window_id": window_id})
+
+    def _open(self, version: str, record: dict[str, Any]) -> None:
+        """The episode is marked open first, then its run is started: a crash in between retries the same run."""
+        key = f"{DRIFT_LOG}/{version}/{OPEN}"
+        opened = {"open": True, "window_id": record["window_id"], "record": record}
+        self.registry.store.replace_json(key, {**opened, "launched": False})
+        if self._launch(f"{version}/{record['window_id']}.json", record):
+            log.warning("%s; retraining: %s", record["reason"], record["run"])
+        self.registry.store.replace_json(key, {**opened, "launched": True})
 
     def _launch(self, name: str, record: dict[str, Any]) -> bool:
         """Log, then queue (the queue is in memory: `requeue_unstarted` restarts what a crash left logged)."""
@@ -124,7 +130,7 @@ class DriftWatcher(Polling):
 
     def _submit(self, record: dict[str, Any]) -> None:
         assert self.runs is not None
-        reason = f"{record['reason'][:200]} (served version {record['version']})"
+        reason = f"{record['reason']} (served version {record['version']})"[:REASON_MAX]
         details = {"report": record["report"], "window_id": record["window_id"], "version": record["version"]}
         self.runs.submit(record["run"], {"reason": reason}, "drift", None, details)
 
@@ -178,7 +184,7 @@ CHECK_SERVICE_ACCOUNT = "fashion-pipeline-drift-check"
 SINK_PORT = 8080
 
 
-def _sink_env(namespace: str) -> list[dict[str, Any]]:
+def _sink_env() -> list[dict[str, Any]]:
     secret = {"name": templates.S3_SECRET}
     return [
         {"name": "FASHION_PIPELINE_STORE", "value": DEFAULT_STORE},
@@ -206,7 +212,7 @@ def log_sink_manifests(namespace: str = pipeline.NAMESPACE) -> list[dict[str, An
         "imagePullPolicy": "IfNotPresent",
         "command": ["fashion-pipeline"],
         "args": ["log-sink", "--host", "0.0.0.0", "--port", str(SINK_PORT)],
-        "env": _sink_env(namespace),
+        "env": _sink_env(),
         "ports": [{"name": "http", "containerPort": SINK_PORT}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": SINK_PORT}},
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},

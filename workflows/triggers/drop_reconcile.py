@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from steps.errors import UserError
-from steps.storage import ObjectExists, Store
+from steps.storage import Store
 from workflows import pipeline, templates, trigger
 from workflows.triggers import drop_sensor
 from workflows.triggers.base import cron_workflow
@@ -73,6 +73,7 @@ class DropReconciler(DropScanner):
 
     def _launch(self, record: dict[str, Any]) -> str:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         body = workflow_for(record, self.store.uri_of(""))
         group, version, plural = WORKFLOWS
@@ -85,15 +86,14 @@ class DropReconciler(DropScanner):
                 self.namespace,
                 record["run"],
             )
+        except HTTPError as exc:  # the API server did not answer at all
+            raise UserError(f"could not create Workflow {self.namespace}/{record['run']}: {exc}") from exc
         except ApiException as exc:
             if exc.status != 409:
                 raise UserError(_create_error(record["run"], self.namespace, exc)) from exc
             status = "duplicate"
             log.info("drop %s: Workflow %s exists already (the Sensor started it)", record["drop_id"], record["run"])
-        try:
-            self.log.accept(record["drop_id"], {**record, "via": VIA})
-        except ObjectExists:  # an `up` or another pass logged it meanwhile
-            pass
+        self.log.accept(record["drop_id"], {**record, "via": VIA})  # False: an `up` or another pass logged it
         return status
 
 
