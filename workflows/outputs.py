@@ -69,6 +69,8 @@ STEP_OUTPUTS: dict[str, tuple[Output, ...]] = {
         _report("rollout", "rollout.json"),
     ),
     "report": (_report("summary", "summary.md"),),
+    # The cluster's drift check (workflows/triggers/drift.py): what the Argo UI shows of each check.
+    "drift-check": (_report("drift", "drift.json"), _report("drift-plot", "drift.png")),
 }
 
 

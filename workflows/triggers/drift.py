@@ -254,20 +254,14 @@ def log_sink_manifests(namespace: str = pipeline.NAMESPACE) -> list[dict[str, An
 CHECK_STEP = templates.Step(
     "drift-check",
     "drift-check",
-    extra_args=("--namespace", "{{workflow.namespace}}", "--out", templates.OUTPUTS),
+    extra_args=("--namespace", "{{workflow.namespace}}"),
     secret_env={"FASHION_PIPELINE_WEBHOOK_TOKEN": (webhook_sensor.WEBHOOK_SECRET, webhook_sensor.WEBHOOK_SECRET_KEY)},
 )
 
 
 def check_cron() -> dict[str, Any]:
     """Every CHECK_SCHEDULE: one drift check of production; a new episode POSTs one retrain to the webhook."""
-    from hera.workflows import Artifact, NoneArchiveStrategy
-
     container = templates.container(CHECK_STEP, templates.Sizing("500m", "1Gi", 900))
-    container.outputs = [  # what the Argo UI shows of the check
-        Artifact(name=name, path=f"{templates.OUTPUTS}/{file}", archive=NoneArchiveStrategy(), optional=True)
-        for name, file in (("drift", "drift.json"), ("drift-plot", "drift.png"))
-    ]
     description = (
         f"At {CHECK_SCHEDULE}: measures the last window of the inference log against the production "
         "model's training data; a new drift episode POSTs one retrain to the webhook."
