@@ -172,8 +172,8 @@ class InferenceLog:
                 record["image"] = image.ravel().tolist()
         pending = self._pending.setdefault(version, [])
         pending.extend(records)
-        over = sum(len(r) for r in self._pending.values()) - self.backlog_records
-        if over > 0:  # the store has been away a while: the oldest go, counted
+        over = min(sum(len(r) for r in self._pending.values()) - self.backlog_records, len(pending))
+        if over > 0:  # the store has been away a while: the oldest of this version go, counted
             del pending[:over]
             self.counters.dropped_records += over
 
