@@ -30,7 +30,7 @@ from steps.storage import Store, open_store
 from workflows.engine.records import RECORD_FILE, read_record
 from workflows.triggers.drops import prepare_manifest, upload_drop
 
-KILLS = 8
+KILLS = 5  # each kill lands in its own fifth of a run (stratified), so five cover every step
 SEED = 20261205
 TOKEN = "t0ken"
 # Every finished run promotes (non-inferior within 100 points), so kills land in alias changes too.
@@ -152,10 +152,10 @@ def node_phase(tmp_path: Path, run: str, node: str) -> str | None:
 
 
 def kill_runs_at_random_moments(tmp_path: Path, env: dict[str, str], store: Store, duration_s: float) -> None:
-    """KILLS runs, each killed at a seeded random moment of a run of `duration_s`."""
+    """KILLS runs, the i-th killed at a seeded random moment in the i-th of KILLS equal parts of a run."""
     rng = random.Random(SEED)
     for i in range(KILLS):
-        moment = rng.uniform(0.03, 0.97) * duration_s
+        moment = (0.03 + 0.94 * (i + rng.random()) / KILLS) * duration_s
         argv = [CLI, "run", "--name", f"killed-{i}", *flags({**QUICK, "seed": str(i)})]
         run = subprocess.Popen(
             argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
