@@ -5,6 +5,9 @@
 workflows/arguments.py makes each such field a workflow argument, an input of the step's template,
 an option of the step's command and, where events may set it, a field of the retrain payload;
 `check` holds a value to the same bounds wherever the dataclass is built.
+
+A `setting` is a field that is only an option of the step's command (where a target is, how long to
+wait for it): workflows/cli/steps.py makes it one, with its help and environment variable.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import Any, TypeVar
 from steps.errors import UserError
 
 T = TypeVar("T", bool, int, float, str)
+S = TypeVar("S", bool, int, float, str, None)
+D = TypeVar("D")
 _SPEC = "spec"
+_SETTING = "setting"
 TEMPLATE_DEFAULT = "template default"
 OPERATOR_OVERRIDE = "operator override"
 
@@ -67,6 +73,30 @@ def parameter(
     """A dataclass field's default that declares the field a parameter of its step (see the module's docstring)."""
     spec = Spec(description, minimum, maximum, exclusive_minimum, tuple(choices))
     return field(default=default, metadata={_SPEC: spec})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An option of a step's command that is not a workflow argument: how to reach where it works, not what it does."""
+
+    help: str
+    envvar: str | None = None  # also read from this environment variable
+
+
+def setting(default: S, help: str, *, envvar: str | None = None) -> S:
+    """A dataclass field's default that declares the field an option of its step's command (never an argument)."""
+    return field(default=default, metadata={_SETTING: Setting(help, envvar)})
+
+
+def settings(params: type) -> dict[str, tuple[Any, Setting]]:
+    """The settings a dataclass declares: name -> (default, setting), in field order."""
+    return {f.name: (f.default, f.metadata[_SETTING]) for f in fields(params) if _SETTING in f.metadata}
+
+
+def build(params: type[D], values: Mapping[str, Any]) -> D:
+    """The dataclass `params` from those of `values` that are its fields (the others belong to other classes)."""
+    names = {f.name for f in fields(params)}  # type: ignore[arg-type]
+    return params(**{name: value for name, value in values.items() if name in names})
 
 
 def specs(params: type) -> dict[str, tuple[Any, Spec]]:

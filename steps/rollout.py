@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from steps.errors import UserError
 from steps.model import load_serving_function
 from steps.parameters import check as check_parameters
-from steps.parameters import parameter, policy_sources
+from steps.parameters import parameter, policy_sources, setting
 from steps.registry import Registry
 from steps.targets import FIRST_READY_TIMEOUT_S, READY_TIMEOUT_S, Target
 
@@ -42,7 +42,9 @@ class RolloutPolicy:
     canary_percent: int = parameter(
         10, "Rollout: share of traffic the canary gets while it is probed", minimum=0, maximum=100
     )
-    ready_timeout_s: float = READY_TIMEOUT_S
+    ready_timeout_s: float = setting(
+        READY_TIMEOUT_S, "Seconds the canary (or a restored production) may take to be ready."
+    )
     first_ready_timeout_s: float = FIRST_READY_TIMEOUT_S  # when nothing is deployed yet (cold images)
     holdout: int = 512  # the last images of the test split
     probe_batch: int = 32

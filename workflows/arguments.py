@@ -17,7 +17,8 @@ from steps.errors import UserError
 from steps.gate import GatePolicy
 from steps.parameters import Spec, specs
 from steps.rollout import RolloutPolicy
-from steps.targets import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES, TARGETS
+from steps.targets import TARGETS
+from steps.targets.kserve import KServeOptions
 from steps.train import TrainParams
 from workflows import trigger
 
@@ -100,15 +101,7 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument(
         trigger.ARGUMENT, trigger.MANUAL, Spec("How this run started (JSON, set by its launcher; kept for audit)")
     ),
-    Argument(
-        "serving_runtime",
-        DEFAULT_SERVING_RUNTIME,
-        Spec(
-            "Rollout on KServe: tensorflow (TF Serving, amd64 only) or custom (the step image's own server, arm64 too)",
-            choices=SERVING_RUNTIMES,
-        ),
-        step="rollout",
-    ),
+    *_parameters("rollout", KServeOptions),
 )
 
 

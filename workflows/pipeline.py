@@ -15,7 +15,8 @@ from hera.workflows import models as m
 from steps.targets import DEFAULT_NAMESPACE
 from workflows import arguments, templates
 from workflows.arguments import Argument, step_arguments
-from workflows.templates import Sizing, Step
+from workflows.spec import REPORT, STEPS
+from workflows.templates import Sizing
 
 NAME = "fashion-mnist-train-deploy"
 NAMESPACE = DEFAULT_NAMESPACE
@@ -40,55 +41,6 @@ def _parameter(argument: Argument) -> Parameter:
     )
 
 
-DATASET = ("fetch-dataset", "dataset_uri")
-# The steps in the order of the DAG; the exit report runs after everything (onExit).
-STEPS = (
-    Step("fetch-dataset", "fetch", slim=True, container={"retry_strategy": templates.NETWORK_RETRY}),
-    Step("train", "train", upstream={"dataset": DATASET}, after="fetch-dataset", cpu_limit_env=True),
-    Step(
-        "evaluate",
-        "evaluate",
-        upstream={"dataset": DATASET, "model": ("train", "model_version")},
-        extra_args=("--champion", "production"),
-        after="train",
-        container={"metrics": [templates.CANDIDATE_ACCURACY]},
-    ),
-    Step(
-        "gate",
-        "gate",
-        upstream={"metrics": ("evaluate", "metrics_uri")},
-        after="evaluate",
-        slim=True,
-        container={"metrics": [templates.GATE_DECISIONS]},
-    ),
-    Step(
-        "rollout",
-        "rollout",
-        upstream={"model": ("gate", "model_version"), "dataset": DATASET},
-        extra_args=("--namespace", "{{workflow.namespace}}"),
-        after="gate",
-        when=("gate", "decision", "promote"),
-        container={
-            "retry_strategy": templates.ROLLOUT_RETRY,
-            "synchronization": m.Synchronization(mutexes=[m.Mutex(name=templates.ROLLOUT_MUTEX)]),
-            # The only step that writes InferenceServices runs as the only account allowed to (argo/rbac.yaml).
-            "service_account_name": templates.ROLLOUT_SERVICE_ACCOUNT,
-        },
-    ),
-)
-REPORT = Step(
-    "report",
-    "report",
-    extra_args=(
-        "--workflow",
-        "{{workflow.name}}",
-        "--status",
-        "{{workflow.status}}",
-        "--failures",
-        "{{workflow.failures}}",
-    ),
-    slim=True,
-)
 # What each node reserves and may use, next to the DAG that runs them side by side or not
 # (tests/unit/test_cluster_sizing.py holds the peak against the smallest documented cluster).
 SIZING = {
@@ -98,6 +50,18 @@ SIZING = {
     "gate": Sizing("250m", "512Mi", 300),
     "rollout": Sizing("500m", "2Gi", 1800),
     "report": Sizing("250m", "512Mi", 300),
+}
+# More of each node's template: how it retries, what it reports to Prometheus, what it holds.
+EXTRA: dict[str, dict[str, Any]] = {
+    "fetch-dataset": {"retry_strategy": templates.NETWORK_RETRY},
+    "evaluate": {"metrics": [templates.CANDIDATE_ACCURACY]},
+    "gate": {"metrics": [templates.GATE_DECISIONS]},
+    "rollout": {
+        "retry_strategy": templates.ROLLOUT_RETRY,
+        "synchronization": m.Synchronization(mutexes=[m.Mutex(name=templates.ROLLOUT_MUTEX)]),
+        # The only step that writes InferenceServices runs as the only account allowed to (argo/rbac.yaml).
+        "service_account_name": templates.ROLLOUT_SERVICE_ACCOUNT,
+    },
 }
 
 
@@ -122,7 +86,7 @@ def build() -> WorkflowTemplate:
         ttl_strategy=m.TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
         security_context=templates.POD_SECURITY,
     ) as workflow:
-        made = {step.name: templates.container(step, SIZING[step.name]) for step in STEPS}
+        made = {step.name: templates.container(step, SIZING[step.name], **EXTRA.get(step.name, {})) for step in STEPS}
         templates.container(REPORT, SIZING[REPORT.name])
 
         # Hera types a template call for any context (Step | Task | None); in a DAG it is a Task.

@@ -6,8 +6,7 @@ The command is the same in the container and in the local engine; outputs are fi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hera.workflows import (
@@ -25,13 +24,12 @@ from hera.workflows import (
 )
 from hera.workflows import models as m
 
-from steps import __version__, hardware
+from steps import STEP_IMAGE, hardware
 from workflows import trigger
 from workflows.arguments import step_arguments
-from workflows.outputs import STEP_OUTPUTS
+from workflows.spec import STEP_OUTPUTS, Step
 
-# Fully qualified: podman, docker and the kubelet (containerd) resolve it to the same image.
-IMAGE = f"docker.io/fashion-pipeline/steps:{__version__}"
+IMAGE = STEP_IMAGE
 # The same code without TensorFlow, KServe and Hera (images/Dockerfile, target slim), for the steps that
 # never import them: a cold node pulls a fraction of the full image before they start.
 SLIM_IMAGE = f"{IMAGE}-slim"
@@ -75,7 +73,7 @@ def _env() -> list[Env | SecretEnv]:
 
 
 def _outputs(step: str) -> list[Parameter | Artifact]:
-    """The step's outputs (workflows/outputs.py): parameters from files, reports the Argo UI can render."""
+    """The step's outputs (workflows/spec.py): parameters from files, reports the Argo UI can render."""
     declared: list[Parameter | Artifact] = []
     for output in STEP_OUTPUTS[step]:
         if output.file is None:
@@ -98,32 +96,11 @@ class Sizing:
     memory_limit: str | None = None
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step: its template, its command line and its DAG task are all derived from this.
-
-    The command's workflow arguments come from workflows/arguments.py, its outputs from
-    workflows/outputs.py (declared once each); `upstream` names the inputs it takes from earlier
-    steps' outputs, in the order the command receives them.
-    """
-
-    name: str  # the template's, the task's and so the node's name
-    command: str  # `fashion-pipeline COMMAND`
-    upstream: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # input -> (step, output)
-    extra_args: tuple[str, ...] = ()
-    after: str | None = None  # the task it depends on
-    when: tuple[str, str, str] | None = None  # (step, output, value): run only if that output has that value
-    slim: bool = False  # imports no TensorFlow: runs in SLIM_IMAGE
-    cpu_limit_env: bool = False  # given its limits.cpu (downward API) to size TensorFlow's thread pools
-    secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # env name -> (Secret, key)
-    container: Mapping[str, Any] = field(default_factory=dict)  # more Container fields: retries, metrics, ...
-
-
 def _command(step: Step) -> dict[str, Any]:
     """`fashion-pipeline COMMAND --name {{inputs.parameters.name}} ... EXTRA --out OUTPUTS`, and the inputs it reads.
 
     The inputs are what upstream steps pass, then the workflow arguments the step takes (workflows/arguments.py);
-    `--out` for a step with outputs (workflows/outputs.py).
+    `--out` for a step with outputs (workflows/spec.py).
     """
     names = (*step.upstream, *(argument.input_name for argument in step_arguments(step.command)))
     args = [step.command]
@@ -145,8 +122,11 @@ def _cpu_limit_env() -> m.EnvVar:
     return m.EnvVar(name=hardware.CPU_LIMIT_ENV, value_from=source)
 
 
-def container(step: Step, sizing: Sizing) -> Container:
-    """The step's template: its command in its image, with the store's env, the pod's security and its sizing."""
+def container(step: Step, sizing: Sizing, **extra: Any) -> Container:
+    """The step's template: its command in its image, with the store's env, the pod's security and its sizing.
+
+    `extra` are more Container fields, the DAG's to choose: retries, metrics, a mutex, a service account.
+    """
     return Container(
         name=step.name,
         image=SLIM_IMAGE if step.slim else IMAGE,
@@ -166,7 +146,7 @@ def container(step: Step, sizing: Sizing) -> Container:
         ),
         active_deadline_seconds=sizing.deadline_s,
         **_command(step),
-        **step.container,
+        **extra,
     )
 
 

@@ -41,18 +41,26 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
+from steps import STEP_IMAGE
 from steps.errors import UserError
-from steps.registry import MODEL_NAME
+from steps.parameters import parameter, setting
+from steps.registry import MODEL_NAME, Registry
 from steps.serving.probe import ProbeResult, probe_over_http
 from steps.serving.protocol import CODECS, Protocol, ready_path
-from steps.targets import DEFAULT_SERVING_RUNTIME, SERVING_RUNTIMES
+from steps.targets.base import READY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
+# Written once here: the namespace of everything on the cluster (workflows, InferenceService, webhook).
+DEFAULT_NAMESPACE = "fashion"
+# TF Serving (amd64 images only), or the step image's own server (arm64 too).
+SERVING_RUNTIMES = ("tensorflow", "custom")
+DEFAULT_SERVING_RUNTIME = "tensorflow"
 
 GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # The `tensorflow/serving` image tag. There is no TF Serving 2.21 (tensorflow/serving#4130): 2.20.0 is
@@ -86,6 +94,39 @@ class KServeError(UserError):
     """The cluster refused, or the InferenceService did not reach the state the rollout needs."""
 
 
+@dataclass(frozen=True)
+class KServeOptions:
+    """What the kserve target is built with: a workflow argument (`parameter`) and the command's settings."""
+
+    serving_runtime: str = parameter(
+        DEFAULT_SERVING_RUNTIME,
+        "Rollout on KServe: tensorflow (TF Serving, amd64 only) or custom (the step image's own server, arm64 too)",
+        choices=SERVING_RUNTIMES,
+    )
+    namespace: str = setting(DEFAULT_NAMESPACE, "kserve target: the InferenceService's namespace.")
+    probe_url: str | None = setting(
+        None,
+        "kserve target: probe through this base URL (e.g. a port-forward to the ingress) with a Host header.",
+        envvar="FASHION_PIPELINE_PROBE_URL",
+    )
+    serving_image: str = setting(STEP_IMAGE, "kserve target, custom runtime: the image to run (the step image).")
+    inference_log_url: str | None = setting(
+        None, "kserve target: where KServe's logger posts (default: the namespace's log sink; '' for no logger)."
+    )
+
+
+def kserve_target(registry: Registry, options: KServeOptions, ready_timeout_s: float) -> KServeTarget:
+    """The InferenceService the options name; a restored production may take `ready_timeout_s` to be ready."""
+    return KServeTarget(
+        namespace=options.namespace,
+        probe_url=options.probe_url,
+        serving_runtime=options.serving_runtime,
+        serving_image=options.serving_image,
+        restore_timeout_s=ready_timeout_s,
+        inference_log_url=options.inference_log_url,
+    )
+
+
 class KServeTarget:
     """An InferenceService in `namespace`, driven through the Kubernetes API."""
 
@@ -103,7 +144,7 @@ class KServeTarget:
         probe_url: str | None = None,
         poll_s: float = 2.0,
         promote_timeout_s: float = 120.0,
-        restore_timeout_s: float = 300.0,
+        restore_timeout_s: float = READY_TIMEOUT_S,
         serving_runtime: str = DEFAULT_SERVING_RUNTIME,
         serving_image: str | None = None,
         inference_log_url: str | None = None,

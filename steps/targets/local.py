@@ -4,17 +4,40 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from steps.errors import UserError
+from steps.parameters import setting
 from steps.registry import MODEL_NAME, Registry
 from steps.serving.probe import ProbeResult, probe_over_http
 from steps.serving.protocol import CODECS, ROUTE_HEADER, VERSION_HEADER, Protocol, ready_path
-from steps.targets import DEFAULT_SERVER_URL
 
 log = logging.getLogger(__name__)
 _ACTOR = "rollout:local"
+# Written once here: where the embedded model server (`serve`, `up`) listens, and where clients look for it.
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """What the local target is built with (the rollout command's options, steps/parameters.py `setting`)."""
+
+    server_url: str = setting(
+        DEFAULT_SERVER_URL,
+        "local target: the model server (if none answers, the registry is promoted).",
+        envvar="FASHION_PIPELINE_SERVER_URL",
+    )
+
+
+def local_target(registry: Registry, options: LocalOptions, ready_timeout_s: float) -> LocalTarget | None:
+    """The running model server at `options.server_url`; None if none answers (promote in the registry only)."""
+    local = LocalTarget(registry, options.server_url)
+    if local.server_running():
+        return local
+    log.info("no local model server answers at %s: promoting in the registry only", options.server_url)
+    return None
 
 
 class LocalTarget:

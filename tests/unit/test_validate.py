@@ -754,7 +754,7 @@ def test_core_kinds_without_kubernetes_validate_say_what_to_install(monkeypatch:
 
 
 def test_a_step_writes_exactly_its_declared_outputs_and_may_leave_out_those_with_a_default() -> None:
-    from workflows.outputs import check_values
+    from workflows.spec import check_values
 
     check_values("rollout", {"outcome": "promoted", "served_version": "v1"})
     check_values("rollout", {})  # Skipped or failed before writing: Argo takes the defaults

@@ -113,7 +113,7 @@ def user() -> str:
 
 def write_outputs(step: str, out: Path, values: dict[str, Any]) -> None:
     """One file per output parameter, as Argo's `valueFrom.path` reads them: exactly the step's declared ones."""
-    from workflows.outputs import check_values
+    from workflows.spec import check_values
 
     check_values(step, values)
     out.mkdir(parents=True, exist_ok=True)

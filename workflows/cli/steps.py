@@ -18,7 +18,9 @@ import typer
 
 from steps import hardware
 from steps.errors import UserError
-from steps.targets import DEFAULT_NAMESPACE, DEFAULT_SERVER_URL, READY_TIMEOUT_S
+from steps.parameters import Setting, build, settings
+from steps.rollout import RolloutPolicy
+from steps.targets import KINDS
 from workflows.arguments import Argument, Value, argo_string, step_arguments
 from workflows.cli.app import (
     EMBEDDED_TARGET,
@@ -33,6 +35,7 @@ from workflows.cli.app import (
     workflow_name,
     write_outputs,
 )
+from workflows.spec import BY_COMMAND
 
 PANEL = "Pipeline steps"
 Command = Callable[..., None]
@@ -58,20 +61,34 @@ def _option(argument: Argument, default: Value) -> inspect.Parameter:
     )
 
 
-def _argument_options(step: str, **defaults: Value) -> Callable[[Command], Command]:
-    """Give a command one option per workflow argument `step` takes (workflows/arguments.py).
+def _setting_option(name: str, default: Any, setting: Setting) -> inspect.Parameter:
+    """The command option of a dataclass's setting (steps/parameters.py): no workflow argument, only this option."""
+    kind: Any = str if default is None else type(default)
+    option = typer.Option(help=setting.help, envvar=setting.envvar)
+    annotation = Annotated[kind | None, option] if default is None else Annotated[kind, option]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _argument_options(step: str, *settings_of: type, **defaults: Value) -> Callable[[Command], Command]:
+    """Give a command one option per workflow argument `step` takes (workflows/arguments.py), and per setting.
 
     Typer reads the command's signature: an argument the command declares (by its input name) keeps its
     place and takes the table's type, default, help and bounds; the others, its dataclass's parameters,
-    are added before the command's keyword-only options and reach it as keyword arguments. `defaults`
-    are the command's own where they differ from the workflow's, by argument name.
+    are added before the command's keyword-only options and reach it as keyword arguments. So are the
+    settings the dataclasses `settings_of` declare (steps/parameters.py `setting`). `defaults` are the
+    command's own where they differ from the workflow's, by argument name.
     """
     arguments = step_arguments(step)
     flags = {argument.input_name for argument in arguments if isinstance(argument.default, bool)}
+    declared_settings = {name: spec for cls in settings_of for name, spec in settings(cls).items()}
 
     def decorate(command: Command) -> Command:
         signature = inspect.signature(command, eval_str=True)
         options = {a.input_name: _option(a, defaults.get(a.name, a.default)) for a in arguments}
+        for name, (default, setting) in declared_settings.items():
+            if name in options:
+                raise TypeError(f"{name} is both a workflow argument and a setting of {command.__name__}")
+            options[name] = _setting_option(name, default, setting)
         declared = [
             p.replace(annotation=options[p.name].annotation, default=options.pop(p.name).default)
             if p.name in options
@@ -95,6 +112,36 @@ def _argument_options(step: str, **defaults: Value) -> Callable[[Command], Comma
     return decorate
 
 
+def step_command(command: str, *settings_of: type, **defaults: Value) -> Callable[[Command], Command]:
+    """Register the command of a step, derived from its spec (workflows/spec.py): `fashion-pipeline COMMAND`.
+
+    Its workflow arguments and the settings of `settings_of` become options (`_argument_options`), and
+    `--out` defaults to outputs/COMMAND. It must take every option its template passes (its upstream
+    inputs and extra args) and `out` if the step has outputs: a command that lacks one fails here, at
+    import, not as a failed node on a cluster.
+    """
+    step = BY_COMMAND[command]
+    add_options = _argument_options(command, *settings_of, **defaults)
+
+    def decorate(function: Command) -> Command:
+        own = inspect.signature(function, eval_str=True)
+        function.__signature__ = own.replace(  # type: ignore[attr-defined]
+            parameters=[
+                p.replace(default=Path("outputs") / command) if p.name == "out" else p for p in own.parameters.values()
+            ]
+        )
+        run = add_options(function)
+        parameters = inspect.signature(run).parameters
+        missing = [f"--{flag}" for flag in step.flags() if flag.replace("-", "_") not in parameters]
+        if step.outputs and "out" not in parameters:
+            missing.append("--out")
+        if missing:
+            raise TypeError(f"{function.__name__} lacks options its template passes: {', '.join(missing)}")
+        return app.command(command, rich_help_panel=PANEL)(run)
+
+    return decorate
+
+
 def _started() -> dict[str, Any]:
     """How this run started, for the audit fields of the records (see workflows/trigger.py)."""
     from workflows import trigger
@@ -102,9 +149,8 @@ def _started() -> dict[str, Any]:
     return trigger.read(os.environ.get(trigger.ENV))
 
 
-@app.command(rich_help_panel=PANEL)
-@_argument_options("fetch")
-def fetch(data_url: str, out: OutOption = Path("outputs/fetch")) -> None:
+@step_command("fetch")
+def fetch(data_url: str, out: OutOption) -> None:
     """Fetch Fashion-MNIST from the first valid mirror into the store (once per digest)."""
     from steps.dataset import fetch_dataset, mirror_chain
     from steps.lineage import lineage_record, write_lineage
@@ -153,8 +199,7 @@ DatasetOption = Annotated[
 ]
 
 
-@app.command(rich_help_panel=PANEL)
-@_argument_options("train")
+@step_command("train")
 def train(
     dataset: DatasetOption = "",
     *,
@@ -165,7 +210,7 @@ def train(
             help="TensorFlow threads (0 = one per host core); in a pod, its limits.cpu through the downward API.",
         ),
     ] = 0,
-    out: OutOption = Path("outputs/train"),
+    out: OutOption,
     **values: Any,
 ) -> None:
     """Train the CNN, export a SavedModel and publish it as a new registry version."""
@@ -225,14 +270,15 @@ def _fit_progress() -> Any:
     return report
 
 
-@app.command(rich_help_panel=PANEL)
+@step_command("evaluate")
 def evaluate(
     dataset: DatasetOption = "",
     model: Annotated[str, typer.Option(help="Candidate: a version id, an alias, or 'latest'.")] = "latest",
     champion: Annotated[
         str, typer.Option(help="Champion: a version id or alias; 'none' to skip (default: production).")
     ] = "production",
-    out: OutOption = Path("outputs/evaluate"),
+    *,
+    out: OutOption,
 ) -> None:
     """Evaluate the candidate and the champion on the test split; compare them with McNemar's test."""
     from steps.evaluate import evaluate as run_evaluate
@@ -254,8 +300,7 @@ def evaluate(
     echo_summary({"candidate": candidate, **values, "report": out / "metrics.json"})
 
 
-@app.command(rich_help_panel=PANEL)
-@_argument_options("gate")
+@step_command("gate")
 def gate(
     metrics: Annotated[
         str, typer.Option(help="evaluate's metrics: a metrics.json path, or its record's URI in the store.")
@@ -263,7 +308,7 @@ def gate(
     *,
     force: Annotated[bool, typer.Option(help="Promote whatever the checks say (needs --force-reason).")] = False,
     force_reason: str = "",
-    out: OutOption = Path("outputs/gate"),
+    out: OutOption,
     **values: Any,
 ) -> None:
     """Apply the promotion policy to evaluate's metrics and write the decision record."""
@@ -280,60 +325,30 @@ def gate(
     )
 
 
-@app.command(rich_help_panel=PANEL)
-@_argument_options("rollout", rollout_target=EMBEDDED_TARGET, reason="rollout")
+@step_command(
+    "rollout",
+    RolloutPolicy,
+    *(kind.options for kind in KINDS.values()),
+    rollout_target=EMBEDDED_TARGET,
+    reason="rollout",
+)
 def rollout(
     model: Annotated[str, typer.Option(help="The version to roll out: a version id, an alias, or 'latest'.")],
     dataset: DatasetOption = "",
     *,
     target: str,
     reason: str,
-    serving_runtime: str,
-    server_url: Annotated[
-        str,
-        typer.Option(
-            envvar="FASHION_PIPELINE_SERVER_URL",
-            help="local target: the model server (if none answers, the registry is promoted).",
-        ),
-    ] = DEFAULT_SERVER_URL,
-    namespace: Annotated[
-        str, typer.Option(help="kserve target: the InferenceService's namespace.")
-    ] = DEFAULT_NAMESPACE,
-    probe_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="FASHION_PIPELINE_PROBE_URL",
-            help="kserve target: probe through this base URL (e.g. a port-forward to the ingress) with a Host header.",
-        ),
-    ] = None,
-    ready_timeout: Annotated[
-        float, typer.Option(help="Seconds the canary may take to become ready.")
-    ] = READY_TIMEOUT_S,
-    serving_image: Annotated[
-        str | None,
-        typer.Option(help="kserve target, custom runtime: the image to run (default: the step image)."),
-    ] = None,
-    out: OutOption = Path("outputs/rollout"),
+    out: OutOption,
     **values: Any,
 ) -> None:
     """Roll a version out: preflight, canary, probe, then promote or roll back automatically."""
-    from steps.rollout import RolloutPolicy
     from steps.rollout import rollout as run_rollout
-    from steps.targets import TargetOptions, make_target
-    from workflows.templates import IMAGE
+    from steps.targets import make_target
 
     registry = open_registry()
-    policy = RolloutPolicy(**values, ready_timeout_s=ready_timeout)
+    policy = build(RolloutPolicy, values)
     policy.check()
-    options = TargetOptions(
-        server_url=server_url,
-        namespace=namespace,
-        probe_url=probe_url,
-        serving_runtime=serving_runtime,
-        serving_image=serving_image or IMAGE,
-        ready_timeout_s=ready_timeout,
-    )
-    chosen = make_target(target, registry, options)
+    chosen = make_target(target, registry, values, policy.ready_timeout_s)
     audit = {"workflow": workflow_name(), "trigger": _started()}
     try:
         record = run_rollout(
@@ -349,12 +364,13 @@ def rollout(
     echo_summary({"outcome": record["outcome"], "version": record["version"], "target": record["target"]})
 
 
-@app.command(rich_help_panel=PANEL)
+@step_command("report")
 def report(
     workflow: Annotated[str, typer.Option(help="The workflow run to summarise.")],
     status: Annotated[str, typer.Option(help="The run's status ({{workflow.status}}).")] = "Unknown",
     failures: Annotated[str, typer.Option(help="Argo's {{workflow.failures}} JSON.")] = "",
-    out: OutOption = Path("outputs/report"),
+    *,
+    out: OutOption,
 ) -> None:
     """The exit report of a run: what it trained, what the gate decided, what is in production."""
     from steps.report import run_summary

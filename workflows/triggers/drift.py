@@ -24,6 +24,7 @@ from steps.targets.kserve import LOG_SINK_SERVICE
 from workflows import pipeline, templates
 from workflows.arguments import DEFAULT_S3_ENDPOINT, DEFAULT_STORE
 from workflows.engine import RunQueue
+from workflows.spec import Step
 from workflows.triggers import webhook_sensor
 from workflows.triggers.base import Polling, WriteOnceLog, cron_workflow
 
@@ -251,7 +252,7 @@ def log_sink_manifests(namespace: str = pipeline.NAMESPACE) -> list[dict[str, An
     ]
 
 
-CHECK_STEP = templates.Step(
+CHECK_STEP = Step(
     "drift-check",
     "drift-check",
     extra_args=("--namespace", "{{workflow.namespace}}"),

@@ -23,6 +23,7 @@ from typing import Any
 from steps.errors import UserError
 from steps.storage import Store
 from workflows import pipeline, templates, trigger
+from workflows.spec import Step
 from workflows.triggers import drop_sensor
 from workflows.triggers.base import cron_workflow
 from workflows.triggers.drops import DropScanner
@@ -114,12 +115,7 @@ def _create_error(run: str, namespace: str, exc: Any) -> str:
 
 # In the full image: its Kubernetes client alone (126 MB installed) would take the slim image past its
 # budget (15% of the full one), and the nodes that train hold the full image anyway.
-STEP = templates.Step(
-    "reconcile-drops",
-    "reconcile-drops",
-    extra_args=("--namespace", "{{workflow.namespace}}"),
-    container={"retry_strategy": templates.NETWORK_RETRY},
-)
+STEP = Step("reconcile-drops", "reconcile-drops", extra_args=("--namespace", "{{workflow.namespace}}"))
 SIZING = templates.Sizing("250m", "512Mi", 600)
 
 
@@ -128,6 +124,6 @@ def manifest() -> dict[str, Any]:
         f"At {SCHEDULE}: submits drop-<drop_id> from {pipeline.NAME} for each valid drop in the "
         "store's incoming/ that has no run yet (MinIO's notifications have no replay)."
     )
-    template = templates.container(STEP, SIZING)
+    template = templates.container(STEP, SIZING, retry_strategy=templates.NETWORK_RETRY)
     title = "Fashion-MNIST: data drops the Sensor missed"
     return cron_workflow(NAME, title, description, SCHEDULE, template, SERVICE_ACCOUNT, 900, 3600)

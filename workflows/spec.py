@@ -1,4 +1,8 @@
-"""What each step outputs, declared once: the templates declare it to Argo, the steps write exactly it.
+"""Each step declared once: its command, what it takes from earlier steps, and what it outputs.
+
+The template (workflows/templates.py `container`), the DAG task (workflows/pipeline.py) and the command
+(workflows/cli/steps.py `step_command`) are all derived from a `Step` here; its workflow arguments come
+from workflows/arguments.py.
 
 A parameter is a file named after it in the step's `--out` directory (Argo's `valueFrom.path`); a
 report is a file the Argo UI shows as an artifact. workflows/templates.py turns these into the
@@ -10,7 +14,8 @@ has none).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -88,3 +93,72 @@ def check_values(step: str, values: dict[str, object]) -> None:
             f"step {step!r} writes outputs its template does not declare ({sorted(undeclared)}) or leaves out "
             f"declared ones ({sorted(missing)}): declare them in workflows/outputs.py"
         )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its template, its command line and its DAG task are all derived from this.
+
+    The command's workflow arguments come from workflows/arguments.py, its outputs from `STEP_OUTPUTS`
+    (declared once each); `upstream` names the inputs it takes from earlier steps' outputs, in the
+    order the command receives them. Where its pod runs and with what (sizing, retries, metrics) is
+    the DAG's business (workflows/pipeline.py).
+    """
+
+    name: str  # the template's, the task's and so the node's name
+    command: str  # `fashion-pipeline COMMAND`
+    upstream: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # input -> (step, output)
+    extra_args: tuple[str, ...] = ()
+    after: str | None = None  # the task it depends on
+    when: tuple[str, str, str] | None = None  # (step, output, value): run only if that output has that value
+    slim: bool = False  # imports no TensorFlow: runs in the slim image
+    cpu_limit_env: bool = False  # given its limits.cpu (downward API) to size TensorFlow's thread pools
+    secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # env name -> (Secret, key)
+
+    @property
+    def outputs(self) -> tuple[Output, ...]:
+        return STEP_OUTPUTS.get(self.command, ())
+
+    def flags(self) -> list[str]:
+        """The options its template passes besides the workflow arguments: upstream inputs, then extra args."""
+        extra = [arg[2:] for arg in self.extra_args if arg.startswith("--")]
+        return [*(name.replace("_", "-") for name in self.upstream), *extra]
+
+
+DATASET = ("fetch-dataset", "dataset_uri")
+# The pipeline's steps in the order of the DAG (workflows/pipeline.py draws it); the exit report runs after
+# everything (onExit).
+STEPS = (
+    Step("fetch-dataset", "fetch", slim=True),
+    Step("train", "train", upstream={"dataset": DATASET}, after="fetch-dataset", cpu_limit_env=True),
+    Step(
+        "evaluate",
+        "evaluate",
+        upstream={"dataset": DATASET, "model": ("train", "model_version")},
+        extra_args=("--champion", "production"),
+        after="train",
+    ),
+    Step("gate", "gate", upstream={"metrics": ("evaluate", "metrics_uri")}, after="evaluate", slim=True),
+    Step(
+        "rollout",
+        "rollout",
+        upstream={"model": ("gate", "model_version"), "dataset": DATASET},
+        extra_args=("--namespace", "{{workflow.namespace}}"),
+        after="gate",
+        when=("gate", "decision", "promote"),
+    ),
+)
+REPORT = Step(
+    "report",
+    "report",
+    extra_args=(
+        "--workflow",
+        "{{workflow.name}}",
+        "--status",
+        "{{workflow.status}}",
+        "--failures",
+        "{{workflow.failures}}",
+    ),
+    slim=True,
+)
+BY_COMMAND = {step.command: step for step in (*STEPS, REPORT)}
