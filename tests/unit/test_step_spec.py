@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from workflows.pipeline import manifest
 from workflows.spec import BY_COMMAND, REPORT, STEPS, Step
 
 
-def _commands() -> dict[str, Any]:
+def _commands() -> MutableMapping[str, Any]:
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
     return group.commands
