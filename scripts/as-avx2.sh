@@ -4,7 +4,7 @@
 #   scripts/as-avx2.sh fashion-pipeline run
 #
 # In a private mount namespace (unshare -m, needs root or CAP_SYS_ADMIN), /proc/cpuinfo is replaced by
-# a copy without the avx512* and amx* flags, which is how the project tells the tier (steps/hardware.py),
+# a copy without the avx512*, amx* and avx_vnni* flags, which is how the project tells the tier (steps/hardware.py),
 # and oneDNN is capped to AVX2 (ONEDNN_MAX_CPU_ISA), which is what it can use on such a CPU.
 # What no mount can fake: TensorFlow's own oneDNN default comes from CPUID, so under emulation it would
 # be on where a real AVX2 CPU leaves it off. The project decides it explicitly from the tier
@@ -25,7 +25,9 @@ fi
 unset FASHION_PIPELINE_AS_AVX2
 
 cpuinfo="$(mktemp /dev/shm/cpuinfo-avx2.XXXXXX)"
-sed -E '/^flags/ s/ (avx512[a-z0-9_]*|amx[a-z0-9_]*)//g' /proc/cpuinfo >"$cpuinfo"
+# AVX-VNNI (VEX-encoded, on some CPUs without AVX-512) goes too: with it TensorFlow would turn oneDNN on
+# by itself, as it never does on the AVX2-only EPYC this tier stands for.
+sed -E '/^flags/ s/ (avx512[a-z0-9_]*|amx[a-z0-9_]*|avx_vnni[a-z0-9_]*)//g' /proc/cpuinfo >"$cpuinfo"
 mount --bind "$cpuinfo" /proc/cpuinfo
 rm -f "$cpuinfo" # the mount keeps it open; nothing is left behind
 export ONEDNN_MAX_CPU_ISA=AVX2

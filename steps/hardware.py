@@ -69,6 +69,22 @@ def cpu_model() -> str:
     return _cpuinfo("model name")
 
 
+# The CPUID features with which TensorFlow turns oneDNN on by itself on Linux (TF_ENABLE_ONEDNN_OPTS
+# unset): DefaultOneDnnPolicy in tensorflow/core/util/util.cc. A CPU without any of them (an AVX2-only
+# one) runs TensorFlow's Eigen kernels unless told.
+TENSORFLOW_ONEDNN_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"})
+
+
+def tensorflow_enables_onednn(flags: set[str] | None = None) -> bool:
+    """Whether TensorFlow, left to itself, turns oneDNN on on this x86 CPU (read from /proc/cpuinfo).
+
+    Under scripts/as-avx2.sh that is what it would decide on a real AVX2-only CPU; TensorFlow itself
+    reads CPUID, which the emulation cannot change, so a baseline that stands for "TensorFlow's
+    default" there must be given this value explicitly.
+    """
+    return bool((cpu_flags() if flags is None else flags) & TENSORFLOW_ONEDNN_FLAGS)
+
+
 def onednn_wanted(tier: str) -> bool:
     """Whether the project turns oneDNN on here (False leaves it to TensorFlow).
 

@@ -2,8 +2,12 @@
 """Benchmark: serving throughput and latency, all measured in one run on this machine.
 
 1. in-process: the SavedModel's signature called directly, 32 images per call;
-2. a plain `kserve.Model` wrapper (scripts/bench/plain_kserve_model.py), the baseline;
-3. our server (`fashion-pipeline serve --storage-uri`).
+2. a plain `kserve.Model` wrapper (scripts/bench/plain_kserve_model.py), the baseline, run as TensorFlow
+   runs it on this CPU by default: oneDNN on where CPUID shows AVX-512 VNNI/BF16, AVX-VNNI or AMX, off
+   elsewhere (steps/hardware.py `tensorflow_enables_onednn`). Under scripts/as-avx2.sh that default is
+   given explicitly, since TensorFlow reads CPUID, which the emulation cannot change. Where the default
+   is off, the wrapper is measured with oneDNN on too, and both ratios are printed;
+3. our server (`fashion-pipeline serve --storage-uri`), which decides oneDNN itself (steps/hardware.py).
 For 2 and 3: V1 single-image latency p50/p99 (sequential), and images/s at 32 images per request
 with 16 concurrent clients, for one server process and for two (`--workers 2`, one per core).
 Targets: p50 <= 3 ms; >= 2x the plain wrapper; >= 50% of in-process (judged on the best of ours).
@@ -63,6 +67,25 @@ def trained_version_root(scratch: Path, production: bool = False) -> str:
     if production:
         registry.set_alias("production", result.version, "serving benchmark", actor="bench")
     return result.version_uri
+
+
+def with_onednn(value: str | None) -> dict[str, str]:
+    """This process's environment with TF_ENABLE_ONEDNN_OPTS set to `value` (None: as the CLI decides it)."""
+    from steps import hardware
+
+    env = {k: v for k, v in os.environ.items() if k != hardware.ONEDNN_ENV}
+    if value is None:
+        hardware.decide_onednn(env)
+    else:
+        env[hardware.ONEDNN_ENV] = value
+    return env
+
+
+def in_process_rate(version_root: str, seconds: float, env: dict[str, str]) -> float:
+    """`in_process` in a fresh process with `env` (oneDNN is read once, when TensorFlow loads)."""
+    argv = [sys.executable, __file__, "--in-process", version_root, "--seconds", str(seconds)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 def in_process(version_root: str, images: np.ndarray, seconds: float) -> float:
@@ -144,8 +167,15 @@ def throughput(url: str, images: np.ndarray, clients: int, seconds: float) -> fl
     return done / elapsed
 
 
-def measure_server(name: str, argv: list[str], port: int, images: np.ndarray, args: argparse.Namespace) -> dict:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def measure_server(
+    name: str,
+    argv: list[str],
+    port: int,
+    images: np.ndarray,
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
+) -> dict:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
@@ -156,7 +186,7 @@ def measure_server(name: str, argv: list[str], port: int, images: np.ndarray, ar
         proc.terminate()
         proc.wait(timeout=30)
     print(
-        f"{name:<22} single image p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   "
+        f"{name:<24} single image p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   "
         f"32/request x {args.clients} clients: {rate:8.0f} images/s",
         flush=True,
     )
@@ -175,30 +205,52 @@ def main() -> None:
     )
     parser.add_argument("--inference-log", action="store_true", help="measure the inference log's cost instead")
     parser.add_argument("--rounds", type=int, default=3, help="with --inference-log: rounds of off and on")
+    parser.add_argument("--in-process", metavar="VERSION_ROOT", help=argparse.SUPPRESS)  # in_process_rate's child
     args = parser.parse_args()
     images = np.random.default_rng(0).integers(0, 256, (64, 28, 28)).astype(np.float32)
+    if args.in_process:
+        print(in_process(args.in_process, images, args.seconds))
+        return
     if args.inference_log:
         inference_log(args, images)
         return
+    from steps import hardware
+
+    tensorflow_default = "1" if hardware.tensorflow_enables_onednn() else "0"
+    ours_onednn = with_onednn(None).get(hardware.ONEDNN_ENV, tensorflow_default)
+    print(
+        f"CPU: {hardware.cpu_model() or 'unknown'}, tier {hardware.cpu_tier()}; oneDNN: TensorFlow's default "
+        f"{'on' if tensorflow_default == '1' else 'off'}, ours {'on' if ours_onednn == '1' else 'off'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = args.version_root or trained_version_root(Path(tmp))
-        inproc = in_process(root, images, args.seconds)
-        print(f"{'in-process':<22} {'':44} 32/call sequential:       {inproc:8.0f} images/s", flush=True)
-        port = free_port()
-        plain = measure_server(
-            "plain kserve.Model",
-            [sys.executable, str(HERE / "plain_kserve_model.py"), root, str(port)],
-            port,
-            images,
-            args,
-        )
+        inproc = in_process_rate(root, args.seconds, with_onednn(ours_onednn))
+        print(f"{'in-process (ours)':<24} {'':42} 32/call sequential:       {inproc:8.0f} images/s", flush=True)
+        if tensorflow_default != ours_onednn:
+            other = in_process_rate(root, args.seconds, with_onednn(tensorflow_default))
+            print(f"{'in-process (TF default)':<24} {'':42} 32/call sequential:       {other:8.0f} images/s")
+        plains = {}
+        for onednn in dict.fromkeys([tensorflow_default, ours_onednn]):
+            port = free_port()
+            plains[onednn] = measure_server(
+                f"plain kserve.Model{'' if onednn == tensorflow_default else ', oneDNN on'}",
+                [sys.executable, str(HERE / "plain_kserve_model.py"), root, str(port)],
+                port,
+                images,
+                args,
+                with_onednn(onednn),
+            )
+        plain = plains[tensorflow_default]
         results = {}
         for workers in args.workers:
             port = free_port()
             argv = [CLI, "serve", "--storage-uri", root, "--port", str(port), "--workers", str(workers)]
             argv += args.serve_args.split()
-            results[workers] = measure_server(f"serve --workers {workers}", argv, port, images, args)
+            results[workers] = measure_server(f"serve --workers {workers}", argv, port, images, args, with_onednn(None))
         ours = max(results.values(), key=lambda r: r["rate"])
+    if ours_onednn != tensorflow_default:
+        print(f"throughput vs plain wrapper with oneDNN on as ours: x{ours['rate'] / plains[ours_onednn]['rate']:.2f}")
     print(f"p50 single image: {ours['p50']:.2f} ms (target <= 3 ms: {'PASS' if ours['p50'] <= 3 else 'MISS'})")
     print(
         f"throughput vs plain wrapper: x{ours['rate'] / plain['rate']:.2f} "

@@ -202,6 +202,21 @@ def test_onednn_is_decided_by_the_tier_and_a_value_the_user_set_wins() -> None:
     assert hardware.decide_onednn(env, hardware.AVX2) == "0" and env == {hardware.ONEDNN_ENV: "0"}
 
 
+
+@pytest.mark.parametrize(
+    ("flags", "enabled"),
+    [
+        ({"avx2", "fma"}, False),  # the AVX2-only EPYC: TensorFlow runs Eigen unless told
+        ({"avx2", "avx512f"}, False),  # AVX-512 without VNNI or BF16
+        ({"avx2", "avx512f", "avx512_vnni"}, True),
+        ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, True),
+        ({"avx2", "avx_vnni"}, True),  # AVX-VNNI without AVX-512 (some client CPUs)
+        ({"avx2", "amx_tile", "amx_bf16", "amx_int8"}, True),
+    ],
+)
+def test_tensorflows_own_onednn_choice_is_read_from_the_flags(flags: set[str], enabled: bool) -> None:
+    assert hardware.tensorflow_enables_onednn(flags) is enabled
+
 QUIET_IMPORT = """
 import os, sys
 from workflows.cli.native_log import quiet_tensorflow_import
