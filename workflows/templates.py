@@ -107,13 +107,10 @@ def _command(step: Step) -> dict[str, Any]:
     for name in names:
         args += [f"--{name.replace('_', '-')}", f"{{{{inputs.parameters.{name}}}}}"]
     args += step.extra_args
+    inputs = {"inputs": [Parameter(name=name) for name in names] or None}
     if step.command not in STEP_OUTPUTS:
-        return {"args": args}
-    return {
-        "args": [*args, "--out", OUTPUTS],
-        "inputs": [Parameter(name=name) for name in names] or None,
-        "outputs": _outputs(step.command),
-    }
+        return {"args": args, **inputs}
+    return {"args": [*args, "--out", OUTPUTS], **inputs, "outputs": _outputs(step.command)}
 
 
 def _cpu_limit_env() -> m.EnvVar:
