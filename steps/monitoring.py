@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import random
+import re
 import threading
 import time
 import uuid
@@ -219,6 +221,7 @@ class Window:
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "<key>: <why>" for each unreadable file or line
     other_versions: int = 0  # records under this version's folder that name another version
+    files_read: int = 0  # batches read (those written before the window are not)
 
     def column(self, name: str) -> np.ndarray:
         return np.asarray([record[name] for record in self.records], np.float64)
@@ -232,13 +235,36 @@ def _days(start: float, end: float) -> Iterable[str]:
         day = datetime.fromordinal(day.toordinal() + 1).date()
 
 
+# The writer names a batch by the second it wrote it (`InferenceLog._write`): HHMMSS-<writer>-<n>.jsonl.
+_WRITTEN = re.compile(r"/(\d{6})-[^/]*\.jsonl$")
+
+
+def _written_at(day: str, key: str) -> float | None:
+    """When the writer wrote the batch `key` of `day`, to the second (None: not a name it gives)."""
+    match = _WRITTEN.search(key)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(day + match[1], "%Y%m%d%H%M%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def read_window(store: Store, model: str, version: str, start: float, end: float) -> Window:
-    """Every record of `version` with start <= t < end; corrupt files and lines are skipped and named."""
+    """Every record of `version` with start <= t < end; corrupt files and lines are skipped and named.
+
+    A batch holds records up to the second it was written, so one written before `start` is not read:
+    a check of the last minutes reads the day's last files, not the whole day.
+    """
     window = Window(version, start, end)
     for day in _days(start, end):
         for key in store.list(f"{version_prefix(model, version)}/{day}"):
             if not key.endswith(".jsonl"):
                 continue
+            written = _written_at(day, key)
+            if written is not None and written < math.floor(start) - 1:  # a second's margin: `t` is rounded
+                continue
+            window.files_read += 1
             try:
                 text = store.read_bytes(key).decode()
             except (OSError, UnicodeDecodeError, UserError) as exc:  # UserError: gone since it was listed

@@ -25,8 +25,10 @@ class FlakyStore(FileStore):
         super().__init__(root)
         self.down = False
         self.stalled = threading.Event()  # set: writes go through
+        self.writing = threading.Event()  # set once a write has begun
 
     def write_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        self.writing.set()
         self.stalled.wait()
         if self.down:
             raise OSError("connection refused")
@@ -72,16 +74,19 @@ def test_a_stalled_store_never_blocks_a_request_and_drops_are_counted(tmp_path: 
     inference_log = InferenceLog(store, MODEL, 1.0, flush_s=0.05, queue_requests=8)
     inference_log.start()
     probabilities, class_ids = answers(1)
+    image = garments(1)
+    inference_log.record("v1", "production", image, probabilities, class_ids)
+    assert store.writing.wait(10)  # the writer is stuck in the store from here on
     started = time.perf_counter()
     for _ in range(200):
-        inference_log.record("v1", "production", garments(1), probabilities, class_ids)
+        inference_log.record("v1", "production", image, probabilities, class_ids)
     took = time.perf_counter() - started
 
     assert took < 1.0  # 200 calls returned while the writer was stuck (a put each, no waiting)
-    assert inference_log.counters.dropped_requests > 150
+    assert inference_log.counters.dropped_requests == 200 - 8  # all but what the queue holds
     store.stalled.set()
     inference_log.stop()
-    assert inference_log.counters.records_written + inference_log.counters.dropped_requests == 200
+    assert inference_log.counters.records_written + inference_log.counters.dropped_requests == 201
 
 
 def test_a_store_outage_keeps_the_records_until_it_is_back_and_bounds_the_backlog(tmp_path: Path) -> None:
@@ -123,6 +128,33 @@ def test_corrupt_and_partial_files_are_skipped_named_and_counted(tmp_path: Path)
     assert skipped[0] == "a.jsonl:2: not an inference record"
     assert skipped[1].startswith("b.jsonl: unreadable ('utf-8' codec can't decode")
     assert len(skipped) == 2
+
+
+def test_a_window_reads_only_the_batches_written_since_it_began(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    start = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+    day, prefix = "20260528", f"{version_prefix(MODEL, 'v1')}/20260528"
+    record = {
+        "version": "v1",
+        "role": "production",
+        "class_id": 3,
+        "probability": 0.9,
+        "mean": 7,
+        "std": 8,
+        "dark": 0.5,
+    }
+    # Written an hour before the window: not read, however unreadable it would be.
+    store.write_bytes(f"{prefix}/192640-w1-000001.jsonl", b"\xff not even text")
+    # Written inside the window, and late: a batch the writer kept while the store was down holds older records.
+    store.write_bytes(f"{prefix}/202641-w1-000002.jsonl", (json.dumps({**record, "t": start + 1}) + "\n").encode())
+    late = [json.dumps({**record, "t": start - 5}), json.dumps({**record, "t": start + 2})]
+    store.write_bytes(f"{prefix}/203000-w1-000003.jsonl", ("\n".join(late) + "\n").encode())
+    store.write_bytes(f"{prefix}/notes.jsonl", (json.dumps({**record, "t": start + 3}) + "\n").encode())  # any name
+
+    window = read_window(store, MODEL, "v1", start, start + 600)
+    assert sorted(r["t"] for r in window.records) == [start + 1, start + 2, start + 3]
+    assert window.files_read == 3 and window.skipped == []
+    assert day == time.strftime("%Y%m%d", time.gmtime(start))
 
 
 def _reference(n: int = 2000) -> Reference:

@@ -202,7 +202,6 @@ def test_onednn_is_decided_by_the_tier_and_a_value_the_user_set_wins() -> None:
     assert hardware.decide_onednn(env, hardware.AVX2) == "0" and env == {hardware.ONEDNN_ENV: "0"}
 
 
-
 @pytest.mark.parametrize(
     ("flags", "enabled"),
     [
@@ -216,6 +215,7 @@ def test_onednn_is_decided_by_the_tier_and_a_value_the_user_set_wins() -> None:
 )
 def test_tensorflows_own_onednn_choice_is_read_from_the_flags(flags: set[str], enabled: bool) -> None:
     assert hardware.tensorflow_enables_onednn(flags) is enabled
+
 
 QUIET_IMPORT = """
 import os, sys
