@@ -299,14 +299,20 @@ class LogSink:
     """Pairs KServe's logger events by their id into the same records `serve --log-sample-rate` writes.
 
     The InferenceService's logger URL names the version its revision serves (`?version=`): the
-    predictor's own answers (TF Serving's) name none. A half-pair waits at most `pair_s` seconds and
-    `pending` entries; what cannot be paired or decoded is counted, never raised to the agent.
+    predictor's own answers (TF Serving's) name none. A half-pair waits at most `pair_s` seconds, and
+    the halves waiting are at most `pending` events and `pending_bytes` bytes (the oldest go first):
+    a sink whose partner events stopped coming keeps a bounded memory, well inside its pod's limit
+    (argo/monitoring.yaml). What cannot be paired or decoded is counted and logged, never raised to
+    the agent.
     """
 
-    def __init__(self, inference_log: InferenceLog, pair_s: float = 60.0, pending: int = 10_000) -> None:
+    def __init__(
+        self, inference_log: InferenceLog, pair_s: float = 60.0, pending: int = 10_000, pending_bytes: int = 64 << 20
+    ) -> None:
         self.log = inference_log
-        self.pair_s, self.pending = pair_s, pending
+        self.pair_s, self.pending, self.pending_bytes = pair_s, pending, pending_bytes
         self._halves: dict[str, tuple[float, str, bytes]] = {}
+        self._bytes = 0
         self._lock = threading.Lock()
         self.unpaired = 0
         self.undecodable = 0
@@ -315,13 +321,16 @@ class LogSink:
         from steps.serving.protocol import CODECS, BadRequest, BadResponse, Protocol
 
         if event_type not in (REQUEST_EVENT, RESPONSE_EVENT) or not event_id:
-            self.undecodable += 1
+            self._undecodable(f"an event of type {event_type!r} with id {event_id!r}")
             return
         now = time.monotonic()
         with self._lock:
             other = self._halves.pop(event_id, None)
+            if other is not None:
+                self._bytes -= len(other[2])
             if other is None or other[1] == event_type:
                 self._halves[event_id] = (now, event_type, body)
+                self._bytes += len(body)
                 self._expire(now)
                 return
         request, response = (other[2], body) if event_type == RESPONSE_EVENT else (body, other[2])
@@ -329,18 +338,34 @@ class LogSink:
         try:
             images = v1.images(json.loads(request))
             answer = v1.from_bytes(response, {})
-        except (ValueError, BadRequest, BadResponse):
-            self.undecodable += 1
+        except (ValueError, BadRequest, BadResponse) as exc:
+            self._undecodable(f"event {event_id}: {exc}")
             return
         if len(images) != len(answer.class_ids):  # halves of two requests that shared an id
-            self.undecodable += 1
+            self._undecodable(f"event {event_id}: {len(images)} images but {len(answer.class_ids)} answers")
             return
         self.log.record(version, "served", images, answer.probabilities, answer.class_ids)
 
+    def _undecodable(self, what: str) -> None:
+        self.undecodable += 1
+        if self.undecodable == 1 or self.undecodable % 100 == 0:
+            log.warning("log sink: events not recorded so far: %d; the latest: %s", self.undecodable, what)
+
     def _expire(self, now: float) -> None:
-        stale = [key for key, (at, _, _) in self._halves.items() if now - at > self.pair_s]
-        while len(self._halves) - len(stale) > self.pending:
-            stale.append(next(iter(self._halves)))
-        for key in stale:
-            if self._halves.pop(key, None) is not None:
-                self.unpaired += 1
+        """Drop the halves that waited too long, then the oldest while there are too many or too large."""
+        dropped = 0
+        for key, (at, _, body) in list(self._halves.items()):  # oldest first (insertion order)
+            over = len(self._halves) > self.pending or self._bytes > self.pending_bytes
+            if now - at <= self.pair_s and not over:
+                break
+            del self._halves[key]
+            self._bytes -= len(body)
+            dropped += 1
+        if dropped:
+            before = self.unpaired
+            self.unpaired += dropped
+            if before == 0 or before // 100 != self.unpaired // 100:
+                log.warning(
+                    "log sink: events that found no partner so far: %d (KServe's logger sends both halves)",
+                    self.unpaired,
+                )

@@ -42,6 +42,14 @@ class LogSinkServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.sink.log.stop()
+        counters = self.sink.log.counters
+        log.info(
+            "log sink stopped: %d records written, %d dropped; events without a partner %d, not recorded %d",
+            counters.records_written,
+            counters.dropped_requests + counters.dropped_records,
+            self.sink.unpaired,
+            self.sink.undecodable,
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):

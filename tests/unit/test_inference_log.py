@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from steps.drift import DriftPolicy, Reference, ks_statistic, measure, psi
-from steps.monitoring import InferenceLog, Window, image_stats, read_window, version_prefix
+from steps.monitoring import (
+    REQUEST_EVENT,
+    RESPONSE_EVENT,
+    InferenceLog,
+    LogSink,
+    Window,
+    image_stats,
+    read_window,
+    version_prefix,
+)
 from steps.storage import FileStore
 
 MODEL = "fashion-mnist"
@@ -155,6 +164,41 @@ def test_a_window_reads_only_the_batches_written_since_it_began(tmp_path: Path) 
     assert sorted(r["t"] for r in window.records) == [start + 1, start + 2, start + 3]
     assert window.files_read == 3 and window.skipped == []
     assert day == time.strftime("%Y%m%d", time.gmtime(start))
+
+
+def _halves(images: np.ndarray) -> tuple[bytes, bytes]:
+    """A V1 request and its answer, as KServe's logger posts them."""
+    from steps.serving.protocol import CODECS, Protocol
+
+    v1 = CODECS[Protocol.V1]
+    probabilities, class_ids = answers(len(images))
+    return v1.to_bytes(images), json.dumps(v1.respond(probabilities, class_ids)).encode()
+
+
+def test_the_log_sink_keeps_its_waiting_halves_within_a_byte_bound_oldest_out_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inference_log = InferenceLog(FileStore(tmp_path), MODEL, 1.0, flush_s=0.05)
+    request, response = _halves(garments(4))
+    sink = LogSink(inference_log, pending_bytes=3 * len(request))
+    inference_log.start()
+    try:
+        for n in range(5):  # requests whose answers are late: only the newest three fit
+            sink.accept(f"id-{n}", REQUEST_EVENT, "v1", request)
+        assert sink.unpaired == 2 and sink._bytes == 3 * len(request)
+        sink.accept("id-0", RESPONSE_EVENT, "v1", response)  # its request was dropped: this half waits now
+        sink.accept("id-4", RESPONSE_EVENT, "v1", response)  # paired: four records
+        sink.accept("id-9", "org.example.other", "v1", b"{}")
+    finally:
+        inference_log.stop()
+    assert inference_log.counters.records_written == 4
+    assert sink.unpaired == 3 and sink.undecodable == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings[0] == "log sink: events that found no partner so far: 1 (KServe's logger sends both halves)"
+    assert warnings[-1] == (
+        "log sink: events not recorded so far: 1; the latest: an event of type 'org.example.other' with id 'id-9'"
+    )
+    assert len(warnings) == 2  # the first of each, then one every hundred
 
 
 def _reference(n: int = 2000) -> Reference:
