@@ -248,15 +248,21 @@ install_fashion_pipeline() {
 
 # The step images every node must hold before anything is scheduled to run in them (IfNotPresent).
 load_step_images() {
-  local held image wanted missing=()
+  local held image node nodes=0 wanted missing=()
   wanted="$("$BUILD_IMAGE" --print-image)" || die "cannot tell which step images to load ($BUILD_IMAGE --print-image failed)"
   [[ -n "$wanted" ]] || die "$BUILD_IMAGE --print-image named no image"
-  held=" $(kubectl get nodes -o 'jsonpath={.items[*].status.images[*].names[*]}') "
-  for image in $wanted; do
-    [[ "$held" == *" $image "* ]] || missing+=("$image")
-  done
+  # Every node must hold every image: a node's pod may land on any of them (IfNotPresent, no registry).
+  while IFS=$'\t' read -r node held || [[ -n "$node" ]]; do
+    [[ -n "$node" ]] || continue
+    nodes=$((nodes + 1))
+    for image in $wanted; do
+      [[ " $held " == *" $image "* ]] || missing+=("$image on $node")
+    done
+  done < <(kubectl get nodes -o 'jsonpath={range .items[*]}{.metadata.name}{"\t"}{.status.images[*].names[*]}{"\n"}{end}')
+  ((nodes)) || missing+=("(no node listed its images)")
   if ((${#missing[@]})); then
-    log "building and loading the step images the nodes lack: ${missing[*]}"
+    held="$(printf '%s, ' "${missing[@]}")"
+    log "building and loading the step images the nodes lack: ${held%, }"
     "$BUILD_IMAGE" >>"$LOG" 2>&1 || die "the step images did not build or load; see $LOG"
   else
     log "the nodes hold the step images"

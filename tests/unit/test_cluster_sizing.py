@@ -290,15 +290,26 @@ printf '%s ' $FAKE_STEP_IMAGES >"$FAKE_IMAGES"
 """
 
 
-@pytest.mark.parametrize("held", [False, True], ids=["images to load", "images held"])
-def test_cron_workflows_are_applied_only_once_the_nodes_hold_the_step_images(held: bool, tmp_path: Path) -> None:
+NODE_IMAGES = {
+    "images to load": "kind-control-plane\tregistry.k8s.io/pause:3.10",
+    "images held": f"kind-control-plane\tregistry.k8s.io/pause:3.10 {templates.IMAGE} {templates.SLIM_IMAGE}",
+    # A node added since the images were loaded: the Forbid schedule could land its pods there.
+    "one node lacks the slim image": (
+        f"kind-control-plane\t{templates.IMAGE} {templates.SLIM_IMAGE} registry.k8s.io/pause:3.10\n"
+        f"kind-worker\tregistry.k8s.io/pause:3.10 {templates.IMAGE}"
+    ),
+}
+
+
+@pytest.mark.parametrize("nodes", list(NODE_IMAGES))
+def test_cron_workflows_are_applied_only_once_every_node_holds_the_step_images(nodes: str, tmp_path: Path) -> None:
     _needs_jq()
     build = tmp_path / "build-image.sh"
     build.write_text(FAKE_BUILD)
     build.chmod(0o755)
     images = tmp_path / "node-images"
-    if held:
-        images.write_text(f"registry.k8s.io/pause:3.10 {templates.IMAGE} {templates.SLIM_IMAGE}")
+    images.write_text(NODE_IMAGES[nodes])
+    held = nodes == "images held"
     result, calls = _cluster_up(
         tmp_path,
         "33",
@@ -323,6 +334,10 @@ def test_cron_workflows_are_applied_only_once_the_nodes_hold_the_step_images(hel
     builds = [i for i, line in enumerate(lines) if line.startswith("BUILD-IMAGE")]
     if held:
         assert builds == [] and "the nodes hold the step images" in result.stderr
+    elif nodes == "images to load":
+        assert len(builds) == 1 and builds[0] < min(crons)
+        node = "on kind-control-plane"
+        assert f"the nodes lack: {templates.IMAGE} {node}, {templates.SLIM_IMAGE} {node}\n" in result.stderr
     else:
         assert len(builds) == 1 and builds[0] < min(crons)
-        assert f"the nodes lack: {templates.IMAGE} {templates.SLIM_IMAGE}" in result.stderr
+        assert f"the nodes lack: {templates.SLIM_IMAGE} on kind-worker\n" in result.stderr
