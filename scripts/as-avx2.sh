@@ -7,8 +7,9 @@
 # a copy without the avx512*, amx* and avx_vnni* flags, which is how the project tells the tier (steps/hardware.py),
 # and oneDNN is capped to AVX2 (ONEDNN_MAX_CPU_ISA), which is what it can use on such a CPU.
 # What no mount can fake: TensorFlow's own oneDNN default comes from CPUID, so under emulation it would
-# be on where a real AVX2 CPU leaves it off. The project decides it explicitly from the tier
-# (TF_ENABLE_ONEDNN_OPTS), so a run takes the same path here as there.
+# be on where a real AVX2 CPU leaves it off; the script sets that default (off) instead. The project
+# decides oneDNN explicitly from the tier (TF_ENABLE_ONEDNN_OPTS), so a run takes the same path here
+# as there, and so does anything run beside it (a test, a plain Keras loop).
 set -euo pipefail
 
 if (($# == 0)); then
@@ -31,4 +32,10 @@ sed -E '/^flags/ s/ (avx512[a-z0-9_]*|amx[a-z0-9_]*|avx_vnni[a-z0-9_]*)//g' /pro
 mount --bind "$cpuinfo" /proc/cpuinfo
 rm -f "$cpuinfo" # the mount keeps it open; nothing is left behind
 export ONEDNN_MAX_CPU_ISA=AVX2
+# TensorFlow's own default on a real AVX2-only CPU is oneDNN off, but it reads CPUID, which no mount
+# changes: give every process that default. The project's CLI decides over it as it decides over
+# TensorFlow's (steps/hardware.py, EMULATED_DEFAULT_ENV); a value already set is the user's and stays.
+if [[ -z "${TF_ENABLE_ONEDNN_OPTS+set}" ]]; then
+  export TF_ENABLE_ONEDNN_OPTS=0 FASHION_PIPELINE_ONEDNN_EMULATED=1
+fi
 exec "$@"

@@ -15,6 +15,9 @@ from collections.abc import MutableMapping
 # API (resourceFieldRef), `fashion-pipeline train --threads` reads it.
 CPU_LIMIT_ENV = "FASHION_PIPELINE_CPU_LIMIT"
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+# Set by scripts/as-avx2.sh beside TF_ENABLE_ONEDNN_OPTS=0: that value is TensorFlow's own default on
+# a real AVX2 CPU (which the emulation cannot make TensorFlow see), not a user's choice.
+EMULATED_DEFAULT_ENV = "FASHION_PIPELINE_ONEDNN_EMULATED"
 
 AMX = "amx"
 AVX512_BF16 = "avx512-bf16"
@@ -99,12 +102,35 @@ def onednn_wanted(tier: str) -> bool:
 def decide_onednn(environ: MutableMapping[str, str] | None = None, tier: str | None = None) -> str | None:
     """Set TF_ENABLE_ONEDNN_OPTS for this process (and those it starts) before TensorFlow loads.
 
-    A value the user set wins. Returns the value in force ('0', '1') or None where TensorFlow decides.
+    A value the user set wins; the one scripts/as-avx2.sh sets (TensorFlow's own default on a real
+    AVX2 CPU, marked by EMULATED_DEFAULT_ENV) is decided over, as TensorFlow's default is. Returns the
+    value in force ('0', '1') or None where TensorFlow decides.
     """
     env = os.environ if environ is None else environ
-    if ONEDNN_ENV in env:
+    if ONEDNN_ENV in env and not env.get(EMULATED_DEFAULT_ENV):
         return env[ONEDNN_ENV]
     if not onednn_wanted(cpu_tier() if tier is None else tier):
-        return None
+        return env.get(ONEDNN_ENV)
     env[ONEDNN_ENV] = "1"
     return "1"
+
+
+def onednn_in_force(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether TensorFlow in this process runs oneDNN: TF_ENABLE_ONEDNN_OPTS if set, else its own default."""
+    value = (os.environ if environ is None else environ).get(ONEDNN_ENV)
+    if value is None:
+        return tensorflow_enables_onednn()
+    return value.strip().lower() in ("1", "true")
+
+
+def bfloat16_problem(tier: str | None = None, onednn: bool | None = None) -> str | None:
+    """Why training in bfloat16 cannot run on this CPU (None: it can).
+
+    oneDNN has bfloat16 convolutions from AVX-512 up (emulated on AVX-512 without BF16, native with
+    it or AMX). On an AVX2-only CPU with oneDNN on, which the project turns on there, TensorFlow
+    fails at the first convolution ("could not create a primitive descriptor").
+    """
+    tier = cpu_tier() if tier is None else tier
+    if tier in (AVX2, BASELINE) and (onednn_in_force() if onednn is None else onednn):
+        return f"oneDNN has no bfloat16 convolutions on this CPU (tier {tier}; they need AVX-512 or AMX)"
+    return None

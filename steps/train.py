@@ -184,6 +184,12 @@ def train(
 
     params.check()
     recipe = resolve_recipe(params)
+    problem = hardware.bfloat16_problem(recipe.tier) if recipe.precision == "mixed_bfloat16" else None
+    if problem:
+        raise UserError(
+            f"precision {recipe.precision}: {problem}: train in float32 (precision auto or float32), or set "
+            f"{hardware.ONEDNN_ENV}=0 for TensorFlow's own bfloat16, about 5x slower than float32 there"
+        )
     dataset = load_dataset(dataset_uri)
     x, y = _subset(dataset.x_train, dataset.y_train, params.train_limit, params.seed)
     n_val = max(1, int(len(x) * VALIDATION_FRACTION)) if len(x) >= 20 else 0

@@ -22,8 +22,8 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 
+from steps import hardware
 from steps.errors import UserError
-from steps.hardware import cpu_has_bf16
 from steps.monitoring import InferenceLog
 from steps.registry import MODEL_NAME, Registry
 from steps.serving.loading import load_storage_uri
@@ -76,7 +76,13 @@ def configure_runtime(precision: str, threads: int) -> str:
     if precision not in SERVING_PRECISIONS:
         raise UserError(f"unknown serving precision {precision!r}: choose one of {', '.join(SERVING_PRECISIONS)}")
     if precision == "auto":
-        precision = "bfloat16" if cpu_has_bf16() else "float32"
+        precision = "bfloat16" if hardware.cpu_has_bf16() else "float32"
+    elif precision == "bfloat16" and hardware.cpu_tier() in (hardware.AVX2, hardware.BASELINE):
+        # Grappler's bfloat16 rewrite is oneDNN's, and oneDNN has no bfloat16 below AVX-512.
+        raise UserError(
+            f"serving in bfloat16 needs AVX-512 or AMX (this CPU is tier {hardware.cpu_tier()}): "
+            "serve with --precision float32 or auto"
+        )
     if threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     if precision == "bfloat16":

@@ -101,22 +101,46 @@ def avx2_emulation_works() -> bool:
     return probe.returncode == 0
 
 
+def as_avx2() -> tuple[str, ...]:
+    """The command prefix that runs a command as on an AVX2-only CPU (none on one)."""
+    if hardware.cpu_tier() == hardware.AVX2:  # an AVX2 CPU, real or emulated, runs it as it is
+        return ()
+    if not avx2_emulation_works():
+        if os.environ.get("CI"):
+            pytest.fail("scripts/as-avx2.sh cannot run here (unshare -m and mount need root)")
+        pytest.skip("scripts/as-avx2.sh needs root (unshare -m and mount)")
+    return (str(AS_AVX2),)
+
+
 def test_the_train_step_on_an_emulated_avx2_cpu_trains_float32_with_onednn_and_quiet_logs(
     store: dict[str, str], tmp_path: Path
 ) -> None:
-    prefix: tuple[str, ...] = ()
-    if hardware.cpu_tier() != hardware.AVX2:  # an AVX2 CPU, real or emulated, runs it as it is
-        if not avx2_emulation_works():
-            if os.environ.get("CI"):
-                pytest.fail("scripts/as-avx2.sh cannot run here (unshare -m and mount need root)")
-            pytest.skip("scripts/as-avx2.sh needs root (unshare -m and mount)")
-        prefix = (str(AS_AVX2),)
+    prefix = as_avx2()
     done = train_node(store, tmp_path / "t", "--train-budget-s", "10", prefix=prefix)
     assert done.returncode == 0, done.stderr
     fit = json.loads((tmp_path / "t" / "training").read_text())
     assert (fit["cpu_tier"], fit["precision"], fit["onednn"]) == ("avx2", "float32", "1")
     assert fit["fit_s"] <= 10 + 3
     assert not TF_NATIVE_LOG.search(done.stderr), done.stderr
+
+
+def test_bfloat16_on_an_avx2_cpu_is_a_one_line_error_before_any_work(store: dict[str, str], tmp_path: Path) -> None:
+    """oneDNN, which the project turns on there, has no bfloat16 convolution: TensorFlow would fail mid-fit."""
+    prefix = as_avx2()
+    done = train_node(store, tmp_path / "t", "--precision", "mixed_bfloat16", prefix=prefix)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "fashion-pipeline: error: precision mixed_bfloat16: oneDNN has no bfloat16 convolutions on this CPU (tier "
+        "avx2; they need AVX-512 or AMX): train in float32 (precision auto or float32), or set "
+        "TF_ENABLE_ONEDNN_OPTS=0 for TensorFlow's own bfloat16, about 5x slower than float32 there"
+    ]
+    assert not (tmp_path / "t" / "model_version").exists()
+
+    argv = [*prefix, CLI, "serve", "--storage-uri", "file:///nowhere", "--precision", "bfloat16", "--port", "0"]
+    served = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert served.returncode == 1 and served.stderr.strip().splitlines() == [
+        "fashion-pipeline: error: serving in bfloat16 needs AVX-512 or AMX (this CPU is tier avx2): "
+        "serve with --precision float32 or auto"
+    ]
 
 
 def test_mirror_averaging_is_inside_the_served_signature(tmp_path: Path) -> None:

@@ -217,6 +217,29 @@ def test_tensorflows_own_onednn_choice_is_read_from_the_flags(flags: set[str], e
     assert hardware.tensorflow_enables_onednn(flags) is enabled
 
 
+def test_the_value_the_avx2_emulation_sets_is_decided_over_as_tensorflows_default_is() -> None:
+    env = {hardware.ONEDNN_ENV: "0", hardware.EMULATED_DEFAULT_ENV: "1"}  # scripts/as-avx2.sh
+    assert hardware.decide_onednn(env, hardware.AVX2) == "1" and env[hardware.ONEDNN_ENV] == "1"
+    env = {hardware.ONEDNN_ENV: "0", hardware.EMULATED_DEFAULT_ENV: "1"}
+    assert hardware.decide_onednn(env, hardware.ARM64) == "0"  # not ours to decide there: TensorFlow's default
+    assert hardware.onednn_in_force({hardware.ONEDNN_ENV: "true"}) is True
+    assert hardware.onednn_in_force({hardware.ONEDNN_ENV: "0"}) is False
+
+
+@pytest.mark.parametrize(
+    ("tier", "onednn", "runs"),
+    [
+        (hardware.AVX2, True, False),  # oneDNN has no bfloat16 convolution below AVX-512
+        (hardware.AVX2, False, True),  # TensorFlow's own kernels (slow, but they run)
+        (hardware.AVX512, True, True),  # oneDNN emulates bfloat16 on AVX-512
+        (hardware.AVX512_BF16, True, True),
+        (hardware.AMX, True, True),
+    ],
+)
+def test_bfloat16_runs_wherever_onednn_has_it_or_is_off(tier: str, onednn: bool, runs: bool) -> None:
+    assert (hardware.bfloat16_problem(tier, onednn) is None) is runs
+
+
 QUIET_IMPORT = """
 import os, sys
 from workflows.cli.native_log import quiet_tensorflow_import
