@@ -287,7 +287,8 @@ class Revision:
             do_GET = do_POST = _handle
 
         self.proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QueueProxy)
-        threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+        # A short poll: stopping the simulator shuts dozens of these down one after another (0.5 s each by default).
+        threading.Thread(target=self.proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def agent_log(self, headers: Any, request: bytes, status: int, response: bytes) -> None:
         """KServe's agent (pkg/logger): the request, and a 200 response, as CloudEvents (binary mode) to the sink."""
@@ -417,7 +418,7 @@ class KServeSim:
         self.api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._api_handler())
         self.ingress = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._ingress_handler())
         for server in (self.api, self.ingress):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def api_url(self) -> str:
