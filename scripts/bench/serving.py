@@ -234,8 +234,11 @@ def main() -> None:
             print(f"{'in-process (TF default)':<24} {'':42} 32/call sequential:       {other:8.0f} images/s")
         # Alternating rounds, medians: two servers measured minutes apart differ by up to a tenth.
         servers: dict[str, tuple[list[str], dict[str, str]]] = {}
-        for onednn in dict.fromkeys([tensorflow_default, ours_onednn]):
-            name = f"plain kserve.Model{'' if onednn == tensorflow_default else ', oneDNN on'}"
+        plain_names = {
+            onednn: f"plain kserve.Model{'' if onednn == tensorflow_default else ', oneDNN on'}"
+            for onednn in (tensorflow_default, ours_onednn)
+        }
+        for onednn, name in plain_names.items():
             servers[name] = ([sys.executable, str(HERE / "plain_kserve_model.py"), root], with_onednn(onednn))
         for workers in args.workers:
             argv = [CLI, "serve", "--storage-uri", root, "--workers", str(workers), *args.serve_args.split()]
@@ -257,10 +260,7 @@ def main() -> None:
                 print(
                     f"{name:<28} single image p50 {median['p50']:6.2f} ms   32/request: {median['rate']:8.0f} images/s"
                 )
-        plains = {
-            onednn: medians[f"plain kserve.Model{'' if onednn == tensorflow_default else ', oneDNN on'}"]
-            for onednn in dict.fromkeys([tensorflow_default, ours_onednn])
-        }
+        plains = {onednn: medians[name] for onednn, name in plain_names.items()}
         plain = plains[tensorflow_default]
         results = {workers: medians[f"serve --workers {workers}"] for workers in args.workers}
         ours = max(results.values(), key=lambda r: r["rate"])

@@ -77,8 +77,8 @@ def configure_runtime(precision: str, threads: int) -> str:
         raise UserError(f"unknown serving precision {precision!r}: choose one of {', '.join(SERVING_PRECISIONS)}")
     if precision == "auto":
         precision = "bfloat16" if hardware.cpu_has_bf16() else "float32"
-    elif precision == "bfloat16" and hardware.cpu_tier() in (hardware.AVX2, hardware.BASELINE):
-        # Grappler's bfloat16 rewrite is oneDNN's, and oneDNN has no bfloat16 below AVX-512.
+    elif precision == "bfloat16" and hardware.bfloat16_problem(onednn=True):
+        # Grappler's bfloat16 rewrite is oneDNN's, so it needs oneDNN's bfloat16 whatever oneDNN is set to.
         raise UserError(
             f"serving in bfloat16 needs AVX-512 or AMX (this CPU is tier {hardware.cpu_tier()}): "
             "serve with --precision float32 or auto"
